@@ -1,0 +1,135 @@
+"""What every optimizer of the package shares: argument checks, dtype-keeping state loading, and the
+per-tensor alpha / mask-ratio statistics that the monitoring callback reads.
+
+Statistics are kept as device tensors, written by ``step()`` without a host sync; :meth:`statistics` is where
+they are read (and where the sync happens), so a caller decides how often to pay for it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ._state import restore_saved_dtypes
+
+
+def check_adam_hyperparameters(lr: float | Tensor, betas: tuple[float, float], eps: float,
+                               weight_decay: float) -> None:
+    """Raise a ValueError / TypeError naming the bad argument and the allowed range."""
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"lr as a tensor must have one element, got shape {tuple(lr.shape)}")
+        lr_value = float(lr)
+    elif isinstance(lr, (int, float)) and not isinstance(lr, bool):
+        lr_value = float(lr)
+    else:
+        raise TypeError(f"lr must be a non-negative number, got {lr!r}")
+    if not (lr_value >= 0.0 and math.isfinite(lr_value)):
+        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    for index, beta in enumerate(betas):
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+            raise TypeError(f"betas[{index}] must be a number in [0, 1), got {beta!r}")
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"betas[{index}] must be in [0, 1), got {beta!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"eps must be a number > 0, got {eps!r}")
+    if not (eps > 0.0 and math.isfinite(eps)):
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)):
+        raise TypeError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
+    if not (weight_decay >= 0.0 and math.isfinite(weight_decay)):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+
+
+def check_param_groups(optimizer: Optimizer) -> None:
+    """Reject parameters the update rules are not defined for (complex tensors, non-floating tensors)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if torch.is_complex(param):
+                raise TypeError(f"{type(optimizer).__name__} does not support complex parameters "
+                                f"(got a {param.dtype} tensor of shape {tuple(param.shape)}); "
+                                "pass real parameters, e.g. torch.view_as_real(p)")
+            if not param.is_floating_point():
+                raise TypeError(f"{type(optimizer).__name__} needs floating-point parameters, got {param.dtype}")
+
+
+def check_dense_grad(optimizer: Optimizer, grad: Tensor) -> None:
+    if grad.is_sparse:
+        raise ValueError(f"{type(optimizer).__name__} does not support sparse gradients (the sign mask and the "
+                         "moments need every coordinate); use a dense embedding (sparse=False) "
+                         "or torch.optim.SparseAdam for that parameter")
+
+
+class StatisticsMixin:
+    """Per-tensor alpha and mask-ratio statistics plus dtype-keeping ``load_state_dict``.
+
+    ``step()`` calls :meth:`_record_statistics` once per (group, device, dtype) bucket with the positions of the
+    stepped parameters within the group and two ``[n]`` tensors. Nothing is read until :meth:`statistics`.
+    """
+
+    param_groups: list[dict[str, Any]]
+
+    def _init_statistics(self) -> None:
+        # group index -> list of (positions in the group, alpha [n], mask ratio [n]) from the last step
+        self._statistics: dict[int, list[tuple[list[int], Tensor, Tensor]]] = {}
+
+    def _begin_statistics(self, group_index: int) -> None:
+        self._statistics[group_index] = []
+
+    def _record_statistics(self, group_index: int, positions: list[int], alpha: Tensor, mask_ratio: Tensor) -> None:
+        self._statistics.setdefault(group_index, []).append((positions, alpha.detach(), mask_ratio.detach()))
+
+    def group_name(self, group_index: int) -> str:
+        """The group's ``name`` entry if it has one, else ``group{index}``."""
+        name = self.param_groups[group_index].get("name")
+        return str(name) if name is not None else f"group{group_index}"
+
+    def tensor_name(self, group_index: int, position: int) -> str:
+        """The parameter's entry in the group's ``param_names`` if present, else ``<group name>.<position>``."""
+        names = self.param_groups[group_index].get("param_names")
+        if names is not None and position < len(names):
+            return str(names[position])
+        return f"{self.group_name(group_index)}.{position}"
+
+    def statistics(self, per_tensor: bool = False) -> dict[str, dict[str, Any]]:
+        """Read the alpha / mask-ratio statistics of the last step (this is where the device sync happens).
+
+        Returns ``{"groups": {name: {"alpha_mean", "alpha_min", "alpha_max", "mask_ratio", "num_tensors"}},
+        "tensors": {name: {"alpha", "mask_ratio"}}}``; ``"tensors"`` is filled only with ``per_tensor=True``.
+        A group whose parameters had no gradient in the last step is left out. ``mask_ratio`` of a group is the
+        mean over its tensors of ``sum(phi) / numel``.
+        """
+        groups: dict[str, dict[str, Any]] = {}
+        tensors: dict[str, dict[str, float]] = {}
+        for group_index, buckets in sorted(self._statistics.items()):
+            if not buckets:
+                continue
+            alpha = torch.cat([bucket[1].reshape(-1).float().cpu() for bucket in buckets])
+            ratio = torch.cat([bucket[2].reshape(-1).float().cpu() for bucket in buckets])
+            if alpha.numel() == 0:
+                continue
+            groups[self.group_name(group_index)] = {
+                "alpha_mean": alpha.mean().item(),
+                "alpha_min": alpha.min().item(),
+                "alpha_max": alpha.max().item(),
+                "mask_ratio": ratio.mean().item(),
+                "num_tensors": alpha.numel(),
+            }
+            if per_tensor:
+                positions = [position for bucket in buckets for position in bucket[0]]
+                for position, a, r in zip(positions, alpha.tolist(), ratio.tolist()):
+                    tensors[self.tensor_name(group_index, position)] = {"alpha": a, "mask_ratio": r}
+        return {"groups": groups, "tensors": tensors}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """``Optimizer.load_state_dict`` that keeps each saved state tensor's dtype (torch casts them to the
+        parameter's dtype, which would round fp32 moments of a bf16 parameter to bf16)."""
+        super().load_state_dict(state_dict)  # type: ignore[misc]
+        restore_saved_dtypes(self, state_dict)  # type: ignore[arg-type]
+        self._init_statistics()

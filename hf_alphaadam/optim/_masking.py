@@ -1,0 +1,83 @@
+"""The sign-agreement mask and the alpha (step-norm compensation) rules.
+
+Shared by every optimizer of the package that offers ``mask=`` / ``alpha=`` options, so that AlphaAdam,
+Cautious AdamW and the masked variants of AdaPM / AdaDiag all use one implementation.
+
+Notation (per parameter tensor, element-wise unless noted)::
+
+    g      gradient at step t
+    m      first moment; ``m_prev`` before and ``m`` after the in-place EMA update of step t
+    u      the unmasked Adam direction, (m / bc1) / (sqrt(v / bc2) + eps)
+    phi    the mask, 1 where momentum and gradient agree in sign
+             async: phi = 1(m_prev * g > 0)   (AlphaAdam, evaluated before the momentum update)
+             sync:  phi = 1(m * g > 0)        (Cautious AdamW)
+             none:  phi = 1
+    alpha  the per-tensor scale of the masked step
+             norm:  alpha = ||u||_2 / ||phi * u||_2     (AlphaAdam's dynamic alpha; restores Adam's step norm)
+             count: alpha = numel / (sum(phi) + 1)        (Cautious AdamW's normaliser)
+             none:  alpha = 1
+           optionally clamped to ``alpha_max``; alpha = 1 (and the tensor is not moved) when sum(phi) = 0.
+
+The statistics pass reduces each tensor to three sums, ``(sum u^2, sum (phi*u)^2, sum phi)``; stacked over
+tensors they form a ``[n, 3]`` tensor. Keeping them as sums (not norms) is what lets a sharded optimizer add the
+local sums of all shards before alpha is formed (see ``_sharding.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+MASK_MODES = ("async", "sync", "none")
+ALPHA_MODES = ("norm", "count", "none")
+FIRST_STEP_MODES = ("full", "masked")
+
+
+def sign_agreement(momentum: Tensor, grad: Tensor) -> Tensor:
+    """``1(momentum * grad > 0)`` as a bool tensor (strict: a zero in either gives 0)."""
+    return torch.mul(momentum, grad).gt_(0).to(torch.bool)
+
+
+def alpha_from_sums(sums: Tensor, numel: Tensor, alpha: str, alpha_max: float | None) -> Tensor:
+    """Per-tensor alpha from stacked sums.
+
+    Args:
+        sums: ``[n, 3]`` with columns ``sum u^2``, ``sum (phi*u)^2``, ``sum phi`` (global, i.e. already reduced
+            over shards when the tensors are sharded).
+        numel: ``[n]`` number of elements of each (whole, unsharded) tensor, same dtype as ``sums``.
+        alpha: ``"norm"``, ``"count"`` or ``"none"``.
+        alpha_max: optional upper clamp.
+
+    Returns:
+        ``[n]`` alpha, equal to 1 wherever the mask is empty (those tensors are not moved).
+    """
+    sq_u, sq_masked, count = sums.unbind(-1)
+    nonempty = count > 0
+    one = torch.ones_like(sq_u)
+    if alpha == "norm":
+        # ||u|| / ||phi*u||; a masked norm of exactly 0 with a non-empty mask (u = 0 where phi = 1) gives 1.
+        value = torch.where(sq_masked > 0, torch.sqrt(sq_u / sq_masked.clamp_min(torch.finfo(sums.dtype).tiny)), one)
+    elif alpha == "count":
+        value = numel / (count + 1)
+    elif alpha == "none":
+        value = one
+    else:  # validated by the optimizer; kept for direct callers
+        raise ValueError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
+    if alpha_max is not None:
+        value = value.clamp_max(alpha_max)
+    return torch.where(nonempty, value, one)
+
+
+def validate_mask_options(mask: str, alpha: str, alpha_max: float | None, first_step: str) -> None:
+    """Raise a clear error for an unknown mask / alpha mode or an out-of-range clamp."""
+    if mask not in MASK_MODES:
+        raise ValueError(f"mask must be one of {MASK_MODES}, got {mask!r}")
+    if alpha not in ALPHA_MODES:
+        raise ValueError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
+    if first_step not in FIRST_STEP_MODES:
+        raise ValueError(f"first_step must be one of {FIRST_STEP_MODES}, got {first_step!r}")
+    if alpha_max is not None:
+        if isinstance(alpha_max, bool) or not isinstance(alpha_max, (int, float)):
+            raise TypeError(f"alpha_max must be a number >= 1 or None, got {alpha_max!r}")
+        if not alpha_max >= 1.0:  # also rejects NaN
+            raise ValueError(f"alpha_max must be >= 1 (alpha only ever scales the masked step up), got {alpha_max!r}")

@@ -1,0 +1,371 @@
+"""AlphaAdam: AdamW with an asynchronous sign-agreement mask and a dynamic, norm-restoring step scale.
+
+Chang, Yuan, Li, "AlphaAdam: Asynchronous Masked Optimization with Dynamic Alpha for Selective Updates"
+(arXiv 2501.18094). The update below is the project's reconstruction (``shared/docs/algorithms.md`` §1, §6);
+with ``mask="sync", alpha="count"`` it is Cautious AdamW, with ``mask="none", alpha="none"`` it is AdamW.
+
+Per parameter tensor ``p`` with gradient ``g`` at step ``t`` (element-wise; ``bc1 = 1 - beta1^t``,
+``bc2 = 1 - beta2^t``)::
+
+    phi = 1(m_{t-1} * g > 0)                      # mask="async": before the momentum update
+    m   = beta1 * m + (1 - beta1) * g
+    v   = beta2 * v + (1 - beta2) * g^2
+    u   = (m / bc1) / (sqrt(v / bc2) + eps)       # torch-style epsilon (after bias correction)
+    phi = 1(m_t * g > 0)                          # mask="sync" instead (Cautious AdamW)
+    phi = 1 at t = 1                              # first_step="full": m_0 = 0 would mask everything
+    alpha = ||u||_2 / ||phi * u||_2               # alpha="norm"; "count": numel / (sum(phi) + 1); "none": 1
+    alpha = min(alpha, alpha_max)                 # if alpha_max is set
+    if sum(phi) == 0: the tensor is not moved     # no weight decay either; alpha is reported as 1
+    p   = p * (1 - lr * weight_decay)             # decoupled weight decay, first
+    p   = p - lr * alpha * (phi * u)
+
+Two code paths with one signature, :func:`alphaadam`: ``_single_tensor_alphaadam`` is the plain per-tensor
+reference (the test oracle) and ``_multi_tensor_alphaadam`` the ``torch._foreach_*`` path, grouped by device
+and dtype, that is the default.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.optimizer import _get_scalar_dtype, _get_value
+
+from ._base import StatisticsMixin, check_adam_hyperparameters, check_dense_grad, check_param_groups
+from ._masking import alpha_from_sums, validate_mask_options
+from ._state import compute_dtype, resolve_state_dtype, state_dtype_for
+
+__all__ = ["AlphaAdam", "alphaadam"]
+
+# (positions within the lists passed to the functional core, alpha [n], mask ratio [n])
+StatisticsBucket = tuple[list[int], Tensor, Tensor]
+
+
+class AlphaAdam(StatisticsMixin, Optimizer):
+    r"""AlphaAdam, and Cautious AdamW / AdamW as modes of it.
+
+    Args:
+        params: parameters, param groups, or ``(name, parameter)`` pairs (names are used to label per-tensor
+            statistics). A group may carry a ``name`` (used for its statistics; the Trainer plugin names its
+            groups ``decay`` / ``no_decay``) and override any option below.
+        lr: learning rate :math:`\eta` (>= 0).
+        betas: :math:`(\beta_1, \beta_2)`, each in [0, 1).
+        eps: added to :math:`\sqrt{\hat v}` after bias correction, as in ``torch.optim.AdamW`` (> 0).
+        weight_decay: decoupled weight decay :math:`\lambda` (>= 0), applied before the masked step.
+        mask: ``"async"`` (AlphaAdam, ``1(m_{t-1} g_t > 0)``), ``"sync"`` (Cautious AdamW, ``1(m_t g_t > 0)``) or
+            ``"none"``.
+        alpha: ``"norm"`` (:math:`\|u\|_2 / \|\varphi \circ u\|_2`), ``"count"`` (Cautious'
+            ``numel / (sum(phi) + 1)``) or ``"none"`` (1).
+        alpha_max: optional upper clamp of alpha (>= 1); ``None`` (default) leaves alpha unclamped.
+        first_step: ``"full"`` (default) applies the unmasked update at each tensor's first step, since
+            :math:`m_0 = 0` makes the asynchronous mask empty; ``"masked"`` applies the mask as written, which for
+            ``mask="async"`` means the first step does not move the tensor at all.
+        state_dtype: dtype of ``exp_avg`` / ``exp_avg_sq``; ``None`` (default) stores them in fp32 for bf16/fp16
+            parameters and in the parameter's dtype otherwise; ``torch.bfloat16`` (or ``"bf16"``) halves their
+            memory. The math always runs in fp32 (fp64 for fp64 parameters).
+        foreach: ``True`` for the multi-tensor path, ``False`` for the per-tensor reference loop; ``None``
+            (default) picks the multi-tensor path.
+        maximize: maximize the objective instead of minimizing it.
+
+    After each ``step()`` the per-tensor alpha and mask ratio ``sum(phi) / numel`` are kept as tensors;
+    :meth:`statistics` reads them.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        mask: str = "async",
+        alpha: str = "norm",
+        alpha_max: float | None = None,
+        first_step: str = "full",
+        state_dtype: torch.dtype | str | None = None,
+        foreach: bool | None = None,
+        maximize: bool = False,
+    ) -> None:
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, mask=mask, alpha=alpha,
+                        alpha_max=alpha_max, first_step=first_step, state_dtype=_dtype_name(state_dtype),
+                        foreach=foreach, maximize=maximize)
+        if isinstance(params, Tensor):
+            raise TypeError("params must be an iterable of tensors, (name, tensor) pairs or dicts, got a Tensor")
+        params = list(params)
+        if len(params) == 0:
+            raise ValueError("AlphaAdam got an empty parameter list: pass at least one parameter")
+        self._validate_group(defaults)
+        super().__init__(params, defaults)
+        check_param_groups(self)
+        self._init_statistics()
+
+    @staticmethod
+    def _validate_group(group: dict[str, Any]) -> None:
+        check_adam_hyperparameters(group["lr"], tuple(group["betas"]), group["eps"], group["weight_decay"])
+        validate_mask_options(group["mask"], group["alpha"], group["alpha_max"], group["first_step"])
+        resolve_state_dtype(group["state_dtype"])
+        if group["foreach"] not in (None, True, False):
+            raise TypeError(f"foreach must be True, False or None, got {group['foreach']!r}")
+        if not isinstance(group["maximize"], bool):
+            raise TypeError(f"maximize must be a bool, got {group['maximize']!r}")
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if "state_dtype" in param_group:
+            param_group["state_dtype"] = _dtype_name(param_group["state_dtype"])
+        super().add_param_group(param_group)
+        self._validate_group(self.param_groups[-1])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+        if not hasattr(self, "_statistics"):
+            self._init_statistics()
+
+    def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...] | None:
+        params, grads, exp_avgs, exp_avg_sqs, steps, positions = [], [], [], [], [], []
+        state_dtype = resolve_state_dtype(group["state_dtype"])
+        for position, param in enumerate(group["params"]):
+            if param.grad is None:
+                continue
+            check_dense_grad(self, param.grad)
+            state = self.state[param]
+            if len(state) == 0:  # lazy: parameters may have been re-wrapped (FSDP2, DeepSpeed) after __init__
+                state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+                dtype = state_dtype_for(param, state_dtype)
+                state["exp_avg"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
+            params.append(param)
+            grads.append(param.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+            positions.append(position)
+        return params, grads, exp_avgs, exp_avg_sqs, steps, positions
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Perform one optimization step (see the module docstring for the update rule)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group_index, group in enumerate(self.param_groups):
+            self._begin_statistics(group_index)
+            params, grads, exp_avgs, exp_avg_sqs, steps, positions = self._init_group(group)
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            buckets = alphaadam(
+                params, grads, exp_avgs, exp_avg_sqs, steps,
+                foreach=group["foreach"], lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                weight_decay=group["weight_decay"], mask=group["mask"], alpha=group["alpha"],
+                alpha_max=group["alpha_max"], first_step=group["first_step"], maximize=group["maximize"],
+            )
+            for bucket_positions, alpha_values, mask_ratio in buckets:
+                self._record_statistics(group_index, [positions[i] for i in bucket_positions], alpha_values,
+                                        mask_ratio)
+        return loss
+
+
+def _dtype_name(state_dtype: torch.dtype | str | None) -> str | None:
+    """Param groups store the state dtype by name so that ``state_dict()`` holds only plain values."""
+    resolved = resolve_state_dtype(state_dtype)
+    return None if resolved is None else str(resolved).removeprefix("torch.")
+
+
+def alphaadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    foreach: bool | None = None,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    mask: str,
+    alpha: str,
+    alpha_max: float | None,
+    first_step: str,
+    maximize: bool,
+) -> list[StatisticsBucket]:
+    """Functional AlphaAdam step over lists of tensors (updates ``params`` and the states in place).
+
+    Returns the per-tensor statistics as ``(positions, alpha, mask_ratio)`` buckets, ``positions`` indexing
+    the input lists.
+    """
+    if foreach is None:
+        foreach = True
+    func = _multi_tensor_alphaadam if foreach else _single_tensor_alphaadam
+    return func(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                weight_decay=weight_decay, mask=mask, alpha=alpha, alpha_max=alpha_max, first_step=first_step,
+                maximize=maximize)
+
+
+def _single_tensor_alphaadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    mask: str,
+    alpha: str,
+    alpha_max: float | None,
+    first_step: str,
+    maximize: bool,
+) -> list[StatisticsBucket]:
+    """The reference loop: one tensor at a time, written as the algorithm box reads."""
+    alphas, ratios = [], []
+    for param, grad, exp_avg, exp_avg_sq, step_t in zip(params, grads, exp_avgs, exp_avg_sqs, state_steps):
+        dtype = compute_dtype(param)
+        p = param.to(dtype)
+        g = grad.to(dtype)
+        g = -g if maximize else g
+        m = exp_avg.to(dtype)
+        v = exp_avg_sq.to(dtype)
+
+        step_t += 1
+        step = _get_value(step_t)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+
+        if mask == "async":
+            phi = (m * g > 0).to(dtype)  # m is still m_{t-1}
+        m = m.lerp(g, 1 - beta1)
+        v = v * beta2 + (1 - beta2) * g * g
+        u = (m / bias_correction1) / (v.sqrt() / math.sqrt(bias_correction2) + eps)
+        if mask == "sync":
+            phi = (m * g > 0).to(dtype)
+        if mask == "none" or (first_step == "full" and step == 1):
+            phi = torch.ones_like(u)
+
+        masked_u = phi * u
+        sums = torch.stack([u.square().sum(), masked_u.square().sum(), phi.sum()])
+        alpha_t = alpha_from_sums(sums.unsqueeze(0), torch.tensor([u.numel()], dtype=dtype, device=u.device),
+                                  alpha, alpha_max)[0]
+        moved = (sums[2] > 0).to(dtype)  # a tensor with an empty mask is not moved, weight decay included
+
+        p = p * (1 - lr * weight_decay * moved)
+        p = p - lr * alpha_t * masked_u
+
+        param.copy_(p)
+        exp_avg.copy_(m)
+        exp_avg_sq.copy_(v)
+        alphas.append(alpha_t)
+        ratios.append(sums[2] / u.numel())
+    if not params:
+        return []
+    return [(list(range(len(params))), torch.stack(alphas), torch.stack(ratios))]
+
+
+def _multi_tensor_alphaadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    mask: str,
+    alpha: str,
+    alpha_max: float | None,
+    first_step: str,
+    maximize: bool,
+) -> list[StatisticsBucket]:
+    """The multi-tensor path: the same math with ``torch._foreach_*`` ops, per (device, dtype) bucket."""
+    grouped = Optimizer._group_tensors_by_device_and_dtype(
+        [params, grads, exp_avgs, exp_avg_sqs, state_steps], with_indices=True)
+    buckets: list[StatisticsBucket] = []
+    for (device_params, device_grads, device_m, device_v, device_steps), indices in grouped.values():
+        dtype = compute_dtype(device_params[0])
+        p = _as_dtype(device_params, dtype)
+        g = _as_dtype(device_grads, dtype)
+        if maximize:
+            g = torch._foreach_neg(g)
+        m = _as_dtype(device_m, dtype)
+        v = _as_dtype(device_v, dtype)
+
+        torch._foreach_add_(device_steps, 1)
+        steps = [_get_value(step) for step in device_steps]
+        bias_correction1 = [1 - beta1**step for step in steps]
+        bias_correction2_sqrt = [math.sqrt(1 - beta2**step) for step in steps]
+        unmasked = [mask == "none" or (first_step == "full" and step == 1) for step in steps]
+
+        phi = None
+        if mask == "async":
+            phi = torch._foreach_mul(m, g)  # m is still m_{t-1}
+        torch._foreach_lerp_(m, g, 1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, g, g, value=1 - beta2)
+        if mask == "sync":
+            phi = torch._foreach_mul(m, g)
+
+        # u = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps), written as m / (bc1 / sqrt(bc2) * sqrt(v) + bc1 * eps)
+        # so that the bias corrections fold into two in-place passes over the denominator.
+        u = torch._foreach_sqrt(v)
+        torch._foreach_mul_(u, [bc1 / bc2 for bc1, bc2 in zip(bias_correction1, bias_correction2_sqrt)])
+        torch._foreach_add_(u, [bc1 * eps for bc1 in bias_correction1])
+        torch._foreach_reciprocal_(u)
+        torch._foreach_mul_(u, m)
+
+        norm_u = torch.stack(torch._foreach_norm(u)).to(dtype)
+        numel = torch.tensor([t.numel() for t in u], dtype=dtype, device=norm_u.device)
+        if phi is None:
+            sums = torch.stack([norm_u.square(), norm_u.square(), numel], dim=-1)
+        else:
+            for phi_t, full in zip(phi, unmasked):
+                phi_t.gt_(0) if not full else phi_t.fill_(1)  # float 0/1, in the product's buffer
+            count = torch.stack(torch._foreach_norm(phi, 1)).to(dtype)  # phi >= 0: the L1 norm is sum(phi)
+            torch._foreach_mul_(u, phi)  # u := phi * u
+            del phi
+            norm_masked = torch.stack(torch._foreach_norm(u)).to(dtype)
+            sums = torch.stack([norm_u.square(), norm_masked.square(), count], dim=-1)
+
+        alpha_values = alpha_from_sums(sums, numel, alpha, alpha_max)
+        moved = (sums[:, 2] > 0).to(dtype)
+        if weight_decay != 0:
+            if mask == "none":
+                torch._foreach_mul_(p, 1 - lr * weight_decay)
+            else:
+                torch._foreach_mul_(p, (1 - lr * weight_decay * moved).unbind(0))
+        if alpha == "none" and not isinstance(lr, Tensor):
+            torch._foreach_add_(p, u, alpha=-lr)
+        else:
+            torch._foreach_mul_(u, (-lr * alpha_values).unbind(0))
+            torch._foreach_add_(p, u)
+
+        _copy_back(device_params, p)
+        _copy_back(device_m, m)
+        _copy_back(device_v, v)
+        buckets.append((list(indices), alpha_values, sums[:, 2] / numel))
+    return buckets
+
+
+def _as_dtype(tensors: list[Tensor], dtype: torch.dtype) -> list[Tensor]:
+    """The tensors themselves where they already have ``dtype``, upcast copies elsewhere."""
+    return [t if t.dtype == dtype else t.to(dtype) for t in tensors]
+
+
+def _copy_back(originals: list[Tensor], computed: list[Tensor]) -> None:
+    pairs = [(o, c) for o, c in zip(originals, computed) if o is not c]
+    if pairs:
+        torch._foreach_copy_([o for o, _ in pairs], [c for _, c in pairs])
