@@ -37,6 +37,7 @@ from torch.optim.optimizer import _get_scalar_dtype, _get_value
 
 from ._base import StatisticsMixin, check_adam_hyperparameters, check_dense_grad, check_param_groups
 from ._masking import alpha_from_sums, validate_mask_options
+from ._sharding import SumsReducer, dtensor_sums_reducer, local
 from ._state import compute_dtype, resolve_state_dtype, state_dtype_for
 
 __all__ = ["AlphaAdam", "alphaadam"]
@@ -161,11 +162,15 @@ class AlphaAdam(StatisticsMixin, Optimizer):
             if not params:
                 continue
             beta1, beta2 = group["betas"]
+            # FSDP2: work on the local shards, add the per-tensor sums over the shard groups
+            numels, reduce_sums = dtensor_sums_reducer(params)
             buckets = alphaadam(
-                params, grads, exp_avgs, exp_avg_sqs, steps,
+                [local(t) for t in params], [local(t) for t in grads], [local(t) for t in exp_avgs],
+                [local(t) for t in exp_avg_sqs], steps,
                 foreach=group["foreach"], lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                 weight_decay=group["weight_decay"], mask=group["mask"], alpha=group["alpha"],
                 alpha_max=group["alpha_max"], first_step=group["first_step"], maximize=group["maximize"],
+                numels=numels, reduce_sums=reduce_sums,
             )
             for bucket_positions, alpha_values, mask_ratio in buckets:
                 self._record_statistics(group_index, [positions[i] for i in bucket_positions], alpha_values,
@@ -197,9 +202,13 @@ def alphaadam(
     alpha_max: float | None,
     first_step: str,
     maximize: bool,
+    numels: list[int] | None = None,
+    reduce_sums: SumsReducer | None = None,
 ) -> list[StatisticsBucket]:
     """Functional AlphaAdam step over lists of tensors (updates ``params`` and the states in place).
 
+    For sharded tensors, ``numels`` gives each whole tensor's element count and ``reduce_sums(sums, indices)``
+    adds the local ``[k, 3]`` sums of the tensors at ``indices`` over their shards (see ``_sharding.py``).
     Returns the per-tensor statistics as ``(positions, alpha, mask_ratio)`` buckets, ``positions`` indexing
     the input lists.
     """
@@ -208,7 +217,7 @@ def alphaadam(
     func = _multi_tensor_alphaadam if foreach else _single_tensor_alphaadam
     return func(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                 weight_decay=weight_decay, mask=mask, alpha=alpha, alpha_max=alpha_max, first_step=first_step,
-                maximize=maximize)
+                maximize=maximize, numels=numels, reduce_sums=reduce_sums)
 
 
 def _single_tensor_alphaadam(
@@ -228,10 +237,13 @@ def _single_tensor_alphaadam(
     alpha_max: float | None,
     first_step: str,
     maximize: bool,
+    numels: list[int] | None = None,
+    reduce_sums: SumsReducer | None = None,
 ) -> list[StatisticsBucket]:
     """The reference loop: one tensor at a time, written as the algorithm box reads."""
     alphas, ratios = [], []
-    for param, grad, exp_avg, exp_avg_sq, step_t in zip(params, grads, exp_avgs, exp_avg_sqs, state_steps):
+    for index, (param, grad, exp_avg, exp_avg_sq, step_t) in enumerate(
+            zip(params, grads, exp_avgs, exp_avg_sqs, state_steps)):
         dtype = compute_dtype(param)
         p = param.to(dtype)
         g = grad.to(dtype)
@@ -255,10 +267,13 @@ def _single_tensor_alphaadam(
             phi = torch.ones_like(u)
 
         masked_u = phi * u
-        sums = torch.stack([u.square().sum(), masked_u.square().sum(), phi.sum()])
-        alpha_t = alpha_from_sums(sums.unsqueeze(0), torch.tensor([u.numel()], dtype=dtype, device=u.device),
-                                  alpha, alpha_max)[0]
-        moved = (sums[2] > 0).to(dtype)  # a tensor with an empty mask is not moved, weight decay included
+        sums = torch.stack([u.square().sum(), masked_u.square().sum(), phi.sum()]).unsqueeze(0)
+        if reduce_sums is not None:
+            sums = reduce_sums(sums, [index])
+        numel = torch.tensor([numels[index] if numels else u.numel()], dtype=dtype, device=u.device)
+        alpha_t = alpha_from_sums(sums, numel, alpha, alpha_max)[0]
+        count = sums[0, 2]
+        moved = (count > 0).to(dtype)  # a tensor with an empty mask is not moved, weight decay included
 
         p = p * (1 - lr * weight_decay * moved)
         p = p - lr * alpha_t * masked_u
@@ -267,7 +282,7 @@ def _single_tensor_alphaadam(
         exp_avg.copy_(m)
         exp_avg_sq.copy_(v)
         alphas.append(alpha_t)
-        ratios.append(sums[2] / u.numel())
+        ratios.append(count / numel[0])
     if not params:
         return []
     return [(list(range(len(params))), torch.stack(alphas), torch.stack(ratios))]
@@ -290,6 +305,8 @@ def _multi_tensor_alphaadam(
     alpha_max: float | None,
     first_step: str,
     maximize: bool,
+    numels: list[int] | None = None,
+    reduce_sums: SumsReducer | None = None,
 ) -> list[StatisticsBucket]:
     """The multi-tensor path: the same math with ``torch._foreach_*`` ops, per (device, dtype) bucket."""
     grouped = Optimizer._group_tensors_by_device_and_dtype(
@@ -328,9 +345,11 @@ def _multi_tensor_alphaadam(
         torch._foreach_mul_(u, m)
 
         norm_u = torch.stack(torch._foreach_norm(u)).to(dtype)
-        numel = torch.tensor([t.numel() for t in u], dtype=dtype, device=norm_u.device)
+        numel = torch.tensor([numels[i] for i in indices] if numels else [t.numel() for t in u], dtype=dtype,
+                             device=norm_u.device)
         if phi is None:
-            sums = torch.stack([norm_u.square(), norm_u.square(), numel], dim=-1)
+            local_numel = torch.tensor([t.numel() for t in u], dtype=dtype, device=norm_u.device)
+            sums = torch.stack([norm_u.square(), norm_u.square(), local_numel], dim=-1)
         else:
             for phi_t, full in zip(phi, unmasked):
                 phi_t.gt_(0) if not full else phi_t.fill_(1)  # float 0/1, in the product's buffer
@@ -339,6 +358,8 @@ def _multi_tensor_alphaadam(
             del phi
             norm_masked = torch.stack(torch._foreach_norm(u)).to(dtype)
             sums = torch.stack([norm_u.square(), norm_masked.square(), count], dim=-1)
+        if reduce_sums is not None:
+            sums = reduce_sums(sums, list(indices))
 
         alpha_values = alpha_from_sums(sums, numel, alpha, alpha_max)
         moved = (sums[:, 2] > 0).to(dtype)

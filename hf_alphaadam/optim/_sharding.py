@@ -1,0 +1,87 @@
+"""Per-tensor reductions that stay exact when a parameter is sharded across processes.
+
+alpha and the mask ratio are functions of whole-tensor sums (``sum u^2``, ``sum (phi*u)^2``, ``sum phi``) and of
+the whole tensor's element count. When each process holds only a shard, the local sums are added over the
+processes that hold the other shards (one ``all_reduce`` of a small ``[n, 3]`` tensor per bucket, issued in the
+same order on every rank) and the whole tensor's ``numel`` is used.
+
+Supported here:
+
+- FSDP2 / DTensor parameters (``fully_shard``): the shards are ``Shard(d)`` placements of a device mesh; sums are
+  reduced over the mesh dimensions that shard the tensor (``Replicate`` dimensions hold copies and are not summed).
+  The optimizer works on ``to_local()`` views, so every collective is an explicit ``all_reduce`` of a plain
+  tensor (never ``.item()`` on a partial DTensor, which would silently return the local value).
+- An explicit process group for flat partitions (DeepSpeed ZeRO) is handled by the Trainer plugin, which gives the
+  optimizer one tensor per param group and its true element count.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+try:  # torch.distributed is optional (e.g. some macOS / mobile builds)
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+except ImportError:  # pragma: no cover - depends on the torch build
+    dist = None
+    DTensor = None
+
+SumsReducer = Callable[[Tensor, list[int]], Tensor]
+
+
+def is_dtensor(tensor: Tensor) -> bool:
+    return DTensor is not None and isinstance(tensor, DTensor)
+
+
+def local(tensor: Tensor) -> Tensor:
+    """The process-local shard of a DTensor (a view: in-place updates reach the DTensor), else the tensor."""
+    return tensor.to_local() if is_dtensor(tensor) else tensor
+
+
+def _reduction_groups(param: Tensor) -> tuple:
+    """The process groups over which the local sums of ``param`` must be added (empty: not sharded)."""
+    if not is_dtensor(param):
+        return ()
+    groups = []
+    for mesh_dim, placement in enumerate(param.placements):
+        if isinstance(placement, Shard):
+            groups.append(param.device_mesh.get_group(mesh_dim))
+        elif not isinstance(placement, Replicate):
+            raise NotImplementedError(
+                f"parameter placement {placement} is not supported: the optimizer needs Shard or Replicate "
+                "placements (a Partial parameter has no well-defined element-wise update)")
+    return tuple(groups)
+
+
+def dtensor_sums_reducer(params: list[Tensor]) -> tuple[list[int] | None, SumsReducer | None]:
+    """For a list of parameters: the whole-tensor element counts and a reducer of local sums, or ``(None, None)``
+    when no parameter is a DTensor.
+
+    The reducer takes ``sums [k, 3]`` for the parameters at ``indices`` (into ``params``) and returns the sums
+    added over each parameter's shard groups. Every rank holds the same parameters in the same order, so every
+    rank issues the same collectives.
+    """
+    if not any(is_dtensor(p) for p in params):
+        return None, None
+    groups_per_param = [_reduction_groups(p) for p in params]
+    numels = [p.numel() for p in params]  # a DTensor's numel is the global one
+
+    def reduce(sums: Tensor, indices: list[int]) -> Tensor:
+        by_groups: dict[tuple, list[int]] = {}
+        for row, index in enumerate(indices):
+            if groups_per_param[index]:
+                by_groups.setdefault(groups_per_param[index], []).append(row)
+        if not by_groups:
+            return sums
+        sums = sums.clone()
+        for groups, rows in by_groups.items():
+            selected = sums[rows]
+            for group in groups:
+                dist.all_reduce(selected, op=dist.ReduceOp.SUM, group=group)
+            sums[rows] = selected
+        return sums
+
+    return numels, reduce
