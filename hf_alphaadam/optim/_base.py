@@ -76,45 +76,53 @@ class StatisticsMixin:
     param_groups: list[dict[str, Any]]
 
     def _init_statistics(self) -> None:
-        # group index -> list of (positions in the group, alpha [n], mask ratio [n]) from the last step
-        self._statistics: dict[int, list[tuple[list[int], Tensor, Tensor]]] = {}
+        # id(param group) -> (the group, [(positions in the group, alpha [n], mask ratio [n])]) of its last step.
+        # Keyed by the group itself, not its index: DeepSpeed ZeRO-1/2 steps each group alone, swapping
+        # ``param_groups`` for a one-group list during ``step()``.
+        self._statistics: dict[int, tuple[dict[str, Any], list[tuple[list[int], Tensor, Tensor]]]] = {}
 
-    def _begin_statistics(self, group_index: int) -> None:
-        self._statistics[group_index] = []
+    def _begin_statistics(self, group: dict[str, Any]) -> None:
+        self._statistics[id(group)] = (group, [])
 
-    def _record_statistics(self, group_index: int, positions: list[int], alpha: Tensor, mask_ratio: Tensor) -> None:
-        self._statistics.setdefault(group_index, []).append((positions, alpha.detach(), mask_ratio.detach()))
+    def _record_statistics(self, group: dict[str, Any], positions: list[int], alpha: Tensor,
+                           mask_ratio: Tensor) -> None:
+        self._statistics.setdefault(id(group), (group, []))[1].append((positions, alpha.detach(),
+                                                                       mask_ratio.detach()))
 
-    def group_name(self, group_index: int) -> str:
+    @staticmethod
+    def group_name(group: dict[str, Any], group_index: int) -> str:
         """The group's ``name`` entry if it has one, else ``group{index}``."""
-        name = self.param_groups[group_index].get("name")
+        name = group.get("name")
         return str(name) if name is not None else f"group{group_index}"
 
-    def tensor_name(self, group_index: int, position: int) -> str:
+    @classmethod
+    def tensor_name(cls, group: dict[str, Any], group_index: int, position: int) -> str:
         """The parameter's entry in the group's ``param_names`` if present, else ``<group name>.<position>``."""
-        names = self.param_groups[group_index].get("param_names")
+        names = group.get("param_names")
         if names is not None and position < len(names):
             return str(names[position])
-        return f"{self.group_name(group_index)}.{position}"
+        return f"{cls.group_name(group, group_index)}.{position}"
 
     def statistics(self, per_tensor: bool = False) -> dict[str, dict[str, Any]]:
         """Read the alpha / mask-ratio statistics of the last step (this is where the device sync happens).
 
         Returns ``{"groups": {name: {"alpha_mean", "alpha_min", "alpha_max", "mask_ratio", "num_tensors"}},
         "tensors": {name: {"alpha", "mask_ratio"}}}``; ``"tensors"`` is filled only with ``per_tensor=True``.
-        A group whose parameters had no gradient in the last step is left out. ``mask_ratio`` of a group is the
-        mean over its tensors of ``sum(phi) / numel``.
+        Each group reports its last step; a group that has not stepped yet is left out. ``mask_ratio`` of a
+        group is the mean over its tensors of ``sum(phi) / numel``.
         """
         groups: dict[str, dict[str, Any]] = {}
         tensors: dict[str, dict[str, float]] = {}
-        for group_index, buckets in sorted(self._statistics.items()):
-            if not buckets:
+        for group_index, group in enumerate(self.param_groups):
+            recorded = self._statistics.get(id(group))
+            if recorded is None or recorded[0] is not group or not recorded[1]:
                 continue
+            buckets = recorded[1]
             alpha = torch.cat([bucket[1].reshape(-1).float().cpu() for bucket in buckets])
             ratio = torch.cat([bucket[2].reshape(-1).float().cpu() for bucket in buckets])
             if alpha.numel() == 0:
                 continue
-            groups[self.group_name(group_index)] = {
+            groups[self.group_name(group, group_index)] = {
                 "alpha_mean": alpha.mean().item(),
                 "alpha_min": alpha.min().item(),
                 "alpha_max": alpha.max().item(),
@@ -124,7 +132,7 @@ class StatisticsMixin:
             if per_tensor:
                 positions = [position for bucket in buckets for position in bucket[0]]
                 for position, a, r in zip(positions, alpha.tolist(), ratio.tolist()):
-                    tensors[self.tensor_name(group_index, position)] = {"alpha": a, "mask_ratio": r}
+                    tensors[self.tensor_name(group, group_index, position)] = {"alpha": a, "mask_ratio": r}
         return {"groups": groups, "tensors": tensors}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

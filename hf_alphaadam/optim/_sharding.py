@@ -85,3 +85,24 @@ def dtensor_sums_reducer(params: list[Tensor]) -> tuple[list[int] | None, SumsRe
         return sums
 
     return numels, reduce
+
+
+def partition_sums_reducer(whole_numel: int, process_group=None) -> SumsReducer:
+    """Reducer for a param group whose single tensor is a flat partition of one parameter (DeepSpeed ZeRO).
+
+    Every rank holds one contiguous, possibly zero-padded slice; the local sums are added over
+    ``process_group`` (the data-parallel group; ``None`` is the default group). Padding has a zero gradient, so it
+    never enters the mask, except where a rule sets the mask to 1 everywhere (the first step, ``mask="none"``):
+    the count is therefore capped at the whole tensor's element count.
+    """
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("a param group with 'whole_numel' (a flat ZeRO partition) needs an initialized "
+                           "torch.distributed process group")
+
+    def reduce(sums: Tensor, indices: list[int]) -> Tensor:
+        sums = sums.clone()
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=process_group)
+        sums[:, 2] = sums[:, 2].clamp_max(whole_numel)
+        return sums
+
+    return reduce

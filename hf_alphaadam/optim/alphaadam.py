@@ -37,7 +37,7 @@ from torch.optim.optimizer import _get_scalar_dtype, _get_value
 
 from ._base import StatisticsMixin, check_adam_hyperparameters, check_dense_grad, check_param_groups
 from ._masking import alpha_from_sums, validate_mask_options
-from ._sharding import SumsReducer, dtensor_sums_reducer, local
+from ._sharding import SumsReducer, dtensor_sums_reducer, is_dtensor, local, partition_sums_reducer
 from ._state import compute_dtype, resolve_state_dtype, state_dtype_for
 
 __all__ = ["AlphaAdam", "alphaadam"]
@@ -71,6 +71,9 @@ class AlphaAdam(StatisticsMixin, Optimizer):
         foreach: ``True`` for the multi-tensor path, ``False`` for the per-tensor reference loop; ``None``
             (default) picks the multi-tensor path.
         maximize: maximize the objective instead of minimizing it.
+        partition_group: the process group over which flat-partition groups (groups with a ``whole_numel``
+            entry, as the Trainer plugin builds them for DeepSpeed ZeRO) add their per-tensor sums; ``None`` is
+            the default group. Not saved in ``state_dict()``.
 
     After each ``step()`` the per-tensor alpha and mask ratio ``sum(phi) / numel`` are kept as tensors;
     :meth:`statistics` reads them.
@@ -90,6 +93,7 @@ class AlphaAdam(StatisticsMixin, Optimizer):
         state_dtype: torch.dtype | str | None = None,
         foreach: bool | None = None,
         maximize: bool = False,
+        partition_group: Any = None,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, mask=mask, alpha=alpha,
                         alpha_max=alpha_max, first_step=first_step, state_dtype=_dtype_name(state_dtype),
@@ -101,7 +105,10 @@ class AlphaAdam(StatisticsMixin, Optimizer):
             raise ValueError("AlphaAdam got an empty parameter list: pass at least one parameter")
         self._validate_group(defaults)
         super().__init__(params, defaults)
+        self.partition_group = partition_group
         check_param_groups(self)
+        # the tensor shapes of each group as built, to recognise a group later replaced by a flat partition
+        self._layouts = {id(group): [tuple(p.shape) for p in group["params"]] for group in self.param_groups}
         self._init_statistics()
 
     @staticmethod
@@ -119,6 +126,8 @@ class AlphaAdam(StatisticsMixin, Optimizer):
             param_group["state_dtype"] = _dtype_name(param_group["state_dtype"])
         super().add_param_group(param_group)
         self._validate_group(self.param_groups[-1])
+        if hasattr(self, "_layouts"):
+            self._layouts[id(self.param_groups[-1])] = [tuple(p.shape) for p in self.param_groups[-1]["params"]]
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -127,6 +136,10 @@ class AlphaAdam(StatisticsMixin, Optimizer):
                 group.setdefault(key, value)
         if not hasattr(self, "_statistics"):
             self._init_statistics()
+        if not hasattr(self, "partition_group"):
+            self.partition_group = None
+        if not hasattr(self, "_layouts"):
+            self._layouts = {}
 
     def _init_group(self, group: dict[str, Any]) -> tuple[list[Tensor], ...] | None:
         params, grads, exp_avgs, exp_avg_sqs, steps, positions = [], [], [], [], [], []
@@ -149,6 +162,33 @@ class AlphaAdam(StatisticsMixin, Optimizer):
             positions.append(position)
         return params, grads, exp_avgs, exp_avg_sqs, steps, positions
 
+    def _sharding(self, group: dict[str, Any], params: list[Tensor]) -> tuple[list[int] | None, SumsReducer | None]:
+        """How the per-tensor sums of this group are completed across processes.
+
+        - A group with ``whole_numel`` holds one parameter that DeepSpeed ZeRO replaces by a flat partition: sums
+          are added over ``partition_group``. A rank whose partition has no gradient still joins the collective
+          (with zeros), so every rank issues the same collectives.
+        - DTensor parameters (FSDP2): sums are added over each parameter's shard groups.
+        """
+        layout = self._layouts.get(id(group))
+        current = [tuple(p.shape) for p in group["params"]]
+        if ("whole_numel" not in group and layout is not None and current != layout and len(current) == 1
+                and len(current[0]) == 1 and not any(is_dtensor(p) for p in group["params"])):
+            raise RuntimeError(
+                f"a param group that held tensors of shapes {layout} now holds one flat tensor of shape "
+                f"{current[0]}: a flat partition (DeepSpeed ZeRO) mixes tensors, so per-tensor alpha and mask "
+                "ratios would be wrong. Use the Trainer plugin (optim='alphaadam'), which gives DeepSpeed one "
+                "param group per tensor, or build such groups yourself with a 'whole_numel' entry")
+        if "whole_numel" in group:
+            if len(group["params"]) > 1:
+                raise ValueError(f"a param group with 'whole_numel' must hold exactly one tensor (a flat partition "
+                                 f"of one parameter), got {len(group['params'])}")
+            reduce_sums = partition_sums_reducer(int(group["whole_numel"]), self.partition_group)
+            if group["params"] and not params:  # no gradient here: still take part in the reduction
+                reduce_sums(torch.zeros(1, 3, device=group["params"][0].device), [0])
+            return [int(group["whole_numel"])] * len(params), reduce_sums
+        return dtensor_sums_reducer(params)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Perform one optimization step (see the module docstring for the update rule)."""
@@ -156,14 +196,13 @@ class AlphaAdam(StatisticsMixin, Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group_index, group in enumerate(self.param_groups):
-            self._begin_statistics(group_index)
+        for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_sqs, steps, positions = self._init_group(group)
+            numels, reduce_sums = self._sharding(group, params)
             if not params:
-                continue
+                continue  # statistics keep this group's last step (ZeRO-3 steps one group per call)
+            self._begin_statistics(group)
             beta1, beta2 = group["betas"]
-            # FSDP2: work on the local shards, add the per-tensor sums over the shard groups
-            numels, reduce_sums = dtensor_sums_reducer(params)
             buckets = alphaadam(
                 [local(t) for t in params], [local(t) for t in grads], [local(t) for t in exp_avgs],
                 [local(t) for t in exp_avg_sqs], steps,
@@ -173,8 +212,7 @@ class AlphaAdam(StatisticsMixin, Optimizer):
                 numels=numels, reduce_sums=reduce_sums,
             )
             for bucket_positions, alpha_values, mask_ratio in buckets:
-                self._record_statistics(group_index, [positions[i] for i in bucket_positions], alpha_values,
-                                        mask_ratio)
+                self._record_statistics(group, [positions[i] for i in bucket_positions], alpha_values, mask_ratio)
         return loss
 
 
