@@ -25,6 +25,8 @@ local sums of all shards before alpha is formed (see ``_sharding.py``).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -34,8 +36,8 @@ FIRST_STEP_MODES = ("full", "masked")
 
 
 def sign_agreement(momentum: Tensor, grad: Tensor) -> Tensor:
-    """``1(momentum * grad > 0)`` as a bool tensor (strict: a zero in either gives 0)."""
-    return torch.mul(momentum, grad).gt_(0).to(torch.bool)
+    """The mask ``1(momentum * grad > 0)`` as 0/1 in the inputs' dtype (strict: a zero in either gives 0)."""
+    return torch.mul(momentum, grad).gt_(0)
 
 
 def alpha_from_sums(sums: Tensor, numel: Tensor, alpha: str, alpha_max: float | None) -> Tensor:
@@ -66,6 +68,33 @@ def alpha_from_sums(sums: Tensor, numel: Tensor, alpha: str, alpha_max: float | 
     if alpha_max is not None:
         value = value.clamp_max(alpha_max)
     return torch.where(nonempty, value, one)
+
+
+def masked_step(u: Tensor, phi: Tensor, alpha: str, alpha_max: float | None, numel: int | None = None,
+                reduce_sums: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """One tensor's masked, rescaled direction ``alpha * (phi * u)`` with its alpha and mask ratio.
+
+    This is the per-tensor rule every masked optimizer of the package applies to its own direction ``u``
+    (Adam's ``m_hat / (sqrt(v_hat) + eps)`` for AlphaAdam; a low-rank or rotated direction elsewhere).
+
+    Args:
+        u: the unmasked update direction (any shape; the compute dtype).
+        phi: the mask, 0/1 in ``u``'s dtype, same shape.
+        alpha, alpha_max: the alpha rule and its optional clamp.
+        numel: the whole tensor's element count if ``u`` is a shard (default ``u.numel()``).
+        reduce_sums: adds the ``[1, 3]`` local sums over the shards, if sharded.
+
+    Returns:
+        ``(step_direction, alpha, mask_ratio)`` with 0-d ``alpha`` and ``mask_ratio`` tensors. The direction is
+        all zeros when the mask is empty (the caller must then not move the tensor, weight decay included).
+    """
+    masked = phi * u
+    sums = torch.stack([u.square().sum(), masked.square().sum(), phi.sum()]).unsqueeze(0)
+    if reduce_sums is not None:
+        sums = reduce_sums(sums)
+    whole = torch.tensor([numel if numel is not None else u.numel()], dtype=sums.dtype, device=sums.device)
+    alpha_value = alpha_from_sums(sums, whole, alpha, alpha_max)[0]
+    return alpha_value * masked, alpha_value, sums[0, 2] / whole[0]
 
 
 def validate_mask_options(mask: str, alpha: str, alpha_max: float | None, first_step: str) -> None:

@@ -36,7 +36,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import _get_scalar_dtype, _get_value
 
 from ._base import StatisticsMixin, check_adam_hyperparameters, check_dense_grad, check_param_groups
-from ._masking import alpha_from_sums, validate_mask_options
+from ._masking import alpha_from_sums, masked_step, sign_agreement, validate_mask_options
 from ._sharding import SumsReducer, dtensor_sums_reducer, is_dtensor, local, partition_sums_reducer
 from ._state import compute_dtype, resolve_state_dtype, state_dtype_for
 
@@ -295,32 +295,28 @@ def _single_tensor_alphaadam(
         bias_correction2 = 1 - beta2**step
 
         if mask == "async":
-            phi = (m * g > 0).to(dtype)  # m is still m_{t-1}
+            phi = sign_agreement(m, g)  # m is still m_{t-1}
         m = m.lerp(g, 1 - beta1)
         v = v * beta2 + (1 - beta2) * g * g
         u = (m / bias_correction1) / (v.sqrt() / math.sqrt(bias_correction2) + eps)
         if mask == "sync":
-            phi = (m * g > 0).to(dtype)
+            phi = sign_agreement(m, g)
         if mask == "none" or (first_step == "full" and step == 1):
             phi = torch.ones_like(u)
 
-        masked_u = phi * u
-        sums = torch.stack([u.square().sum(), masked_u.square().sum(), phi.sum()]).unsqueeze(0)
-        if reduce_sums is not None:
-            sums = reduce_sums(sums, [index])
-        numel = torch.tensor([numels[index] if numels else u.numel()], dtype=dtype, device=u.device)
-        alpha_t = alpha_from_sums(sums, numel, alpha, alpha_max)[0]
-        count = sums[0, 2]
-        moved = (count > 0).to(dtype)  # a tensor with an empty mask is not moved, weight decay included
+        step_direction, alpha_t, mask_ratio = masked_step(
+            u, phi, alpha, alpha_max, numel=numels[index] if numels else None,
+            reduce_sums=(lambda sums: reduce_sums(sums, [index])) if reduce_sums is not None else None)
+        moved = (mask_ratio > 0).to(dtype)  # a tensor with an empty mask is not moved, weight decay included
 
         p = p * (1 - lr * weight_decay * moved)
-        p = p - lr * alpha_t * masked_u
+        p = p - lr * step_direction
 
         param.copy_(p)
         exp_avg.copy_(m)
         exp_avg_sq.copy_(v)
         alphas.append(alpha_t)
-        ratios.append(count / numel[0])
+        ratios.append(mask_ratio)
     if not params:
         return []
     return [(list(range(len(params))), torch.stack(alphas), torch.stack(ratios))]
