@@ -108,31 +108,40 @@ class StatisticsMixin:
 
         Returns ``{"groups": {name: {"alpha_mean", "alpha_min", "alpha_max", "mask_ratio", "num_tensors"}},
         "tensors": {name: {"alpha", "mask_ratio"}}}``; ``"tensors"`` is filled only with ``per_tensor=True``.
-        Each group reports its last step; a group that has not stepped yet is left out. ``mask_ratio`` of a
-        group is the mean over its tensors of ``sum(phi) / numel``.
+        Param groups that share a ``name`` are reported together (the Trainer plugin splits "decay" into one
+        group per tensor under DeepSpeed). Each group reports its last step; a group that has not stepped yet is
+        left out. ``mask_ratio`` of a group is the mean over its tensors of ``sum(phi) / numel``.
         """
-        groups: dict[str, dict[str, Any]] = {}
-        tensors: dict[str, dict[str, float]] = {}
+        names, tensor_names, alphas, ratios = [], [], [], []
         for group_index, group in enumerate(self.param_groups):
             recorded = self._statistics.get(id(group))
-            if recorded is None or recorded[0] is not group or not recorded[1]:
+            if recorded is None or recorded[0] is not group:
                 continue
-            buckets = recorded[1]
-            alpha = torch.cat([bucket[1].reshape(-1).float().cpu() for bucket in buckets])
-            ratio = torch.cat([bucket[2].reshape(-1).float().cpu() for bucket in buckets])
-            if alpha.numel() == 0:
-                continue
-            groups[self.group_name(group, group_index)] = {
-                "alpha_mean": alpha.mean().item(),
-                "alpha_min": alpha.min().item(),
-                "alpha_max": alpha.max().item(),
-                "mask_ratio": ratio.mean().item(),
-                "num_tensors": alpha.numel(),
+            for positions, alpha, ratio in recorded[1]:
+                names += [self.group_name(group, group_index)] * len(positions)
+                tensor_names += [self.tensor_name(group, group_index, p) for p in positions] if per_tensor else []
+                alphas.append(alpha.reshape(-1).float())
+                ratios.append(ratio.reshape(-1).float())
+        if not alphas:
+            return {"groups": {}, "tensors": {}}
+        device = alphas[0].device
+        # one transfer for everything: [2, n] on the host
+        values = torch.stack([torch.cat([a.to(device) for a in alphas]), torch.cat([r.to(device) for r in ratios])])
+        alpha_list, ratio_list = values.cpu().tolist()
+        by_name: dict[str, list[int]] = {}
+        for index, name in enumerate(names):
+            by_name.setdefault(name, []).append(index)
+        groups = {}
+        for name, indices in by_name.items():
+            group_alphas = [alpha_list[i] for i in indices]
+            groups[name] = {
+                "alpha_mean": sum(group_alphas) / len(indices),
+                "alpha_min": min(group_alphas),
+                "alpha_max": max(group_alphas),
+                "mask_ratio": sum(ratio_list[i] for i in indices) / len(indices),
+                "num_tensors": len(indices),
             }
-            if per_tensor:
-                positions = [position for bucket in buckets for position in bucket[0]]
-                for position, a, r in zip(positions, alpha.tolist(), ratio.tolist()):
-                    tensors[self.tensor_name(group, group_index, position)] = {"alpha": a, "mask_ratio": r}
+        tensors = {name: {"alpha": a, "mask_ratio": r} for name, a, r in zip(tensor_names, alpha_list, ratio_list)}
         return {"groups": groups, "tensors": tensors}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -388,3 +388,17 @@ def test_training_reduces_loss_in_every_mode(char_task, mask, alpha):
         final = char_task.loss(model, char_task.valid).item()
     assert final < initial - 1.0, (initial, final)
     assert final < 3.0  # a uniform guess over the ~60 characters would be ~4.1 nats
+
+
+def test_statistics_merge_groups_that_share_a_name():
+    params = make_params(torch.float64)
+    optimizer = AlphaAdam([{"params": [params[0]], "name": "decay", "param_names": ["a"]},
+                           {"params": [params[1]], "name": "no_decay", "param_names": ["b"], "weight_decay": 0.0},
+                           {"params": [params[2]], "name": "decay", "param_names": ["c"]}])
+    for step in range(4):
+        set_grads(params, random_grads(params, step))
+        optimizer.step()
+    stats = optimizer.statistics(per_tensor=True)
+    assert stats["groups"]["decay"]["num_tensors"] == 2
+    assert stats["groups"]["decay"]["alpha_max"] == max(stats["tensors"]["a"]["alpha"], stats["tensors"]["c"]["alpha"])
+    assert stats["groups"]["no_decay"]["num_tensors"] == 1
