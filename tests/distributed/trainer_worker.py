@@ -88,6 +88,8 @@ def main() -> None:
     digest = hashlib.sha256()
     for name, param in sorted(trainer.model.named_parameters()):
         digest.update(name.encode())
+        if hasattr(param, "ds_tensor"):  # ZeRO-3: the parameter itself is an empty placeholder
+            param = param.ds_tensor
         digest.update(param.detach().float().cpu().numpy().tobytes())
     losses = {entry["step"]: entry["loss"] for entry in trainer.state.log_history if "loss" in entry}
     report = {"losses": losses, "alphas": record.alphas, "param_hash": digest.hexdigest(),
