@@ -1,0 +1,405 @@
+"""The registry of the package's optimizers and their registration with the Hugging Face Trainer.
+
+Each optimizer is one :class:`OptimizerSpec` entry in :data:`BUILTIN_OPTIMIZERS`: its ``optim=`` name, its class,
+the constructor arguments the name implies and the typed ``optim_args`` it accepts. Adding an optimizer means
+adding one entry (or calling :func:`add_optimizer` from outside the package).
+
+:func:`register` (run by ``import hf_alphaadam``; idempotent) makes every name a valid ``optim=`` value for
+``TrainingArguments``, ``HfArgumentParser`` / ``TrlParser`` command lines and YAML files, and the Trainer.
+transformers 5.x has no public extension point for that, so this module -- and only this module -- extends three
+private ones, checked by :func:`check_transformers_compatibility` (which raises a clear error when a release
+changes them):
+
+1. ``transformers.training_args.OptimizerNames``: ``TrainingArguments.__post_init__`` converts ``optim`` with
+   ``OptimizerNames(optim)`` and the argument parsers take their ``--optim`` choices from iterating the enum when
+   the parser is built. A member is added per name. Its pickled form (``training_args.bin``) is
+   ``registry._optimizer_name("alphaadam")``, so loading the file in a fresh process imports this package (and
+   registers) by itself; plain enum members would fail there with "'alphaadam' is not a valid OptimizerNames".
+2. ``transformers.trainer_optimizer._OPTIMIZER_HANDLERS``: ``Trainer.get_optimizer_cls_and_kwargs`` dispatches
+   on ``args.optim`` through this dict; a handler per name is added.
+3. ``transformers.trainer._parse_optim_args``: the Trainer splits ``optim_args`` on "," and "=" *before* calling
+   a handler and fails on a malformed string with "not enough values to unpack". It is wrapped so that such a
+   failure says which entry is malformed instead (for every ``optim``; what it accepts is unchanged). The handlers
+   themselves parse the raw ``args.optim_args`` string with the optimizer's schema, so that a duplicated key is
+   not silently collapsed.
+
+:func:`optimizer_cls_and_kwargs` is the same handler without any of this:
+``Trainer(..., optimizer_cls_and_kwargs=hf_alphaadam.optimizer_cls_and_kwargs(args, model, name="alphaadam"))``.
+
+The Trainer builds a "decay" and a "no_decay" param group (biases and norm weights get ``weight_decay=0``) and
+passes them to the class a handler returns. The handler returns a small constructor class that names those
+groups (``name``: ``"decay"`` / ``"no_decay"``), attaches each group's ``param_names`` from the model, under
+DeepSpeed splits them into one group per tensor, and returns a real instance of the optimizer class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import importlib
+import inspect
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from ..optim import AlphaAdam
+from ..optim._masking import ALPHA_MODES, FIRST_STEP_MODES, MASK_MODES
+from .distributed import check_distributed_setup, deepspeed_config, one_group_per_tensor
+from .optim_args import TRAINING_ARGUMENT_KEYS, Option, describe_options, parse_optim_args, split_optim_args
+
+__all__ = ["BUILTIN_OPTIMIZERS", "OPTIMIZERS", "OptimizerSpec", "TransformersCompatibilityError", "add_optimizer",
+           "check_transformers_compatibility", "optimizer_cls_and_kwargs", "register"]
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The registry
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """Everything the Trainer plugin needs to offer one optimizer as ``optim=<name>``.
+
+    Args:
+        name: the ``optim`` value (lower case, e.g. ``"alphaadam"``).
+        optimizer_cls: the ``torch.optim.Optimizer`` subclass, or ``"module:ClassName"`` to import it on first use
+            (for optimizers with optional dependencies).
+        defaults: constructor arguments this name implies. Those not also in ``options`` are fixed by the name.
+        options: the ``optim_args`` keys the optimizer accepts (see :class:`~.optim_args.Option`).
+        adam_hyperparameters: pass ``betas=(adam_beta1, adam_beta2)`` and ``eps=adam_epsilon`` from the
+            ``TrainingArguments`` (``lr`` and ``weight_decay`` are always passed).
+        description: one line for documentation.
+    """
+
+    name: str
+    optimizer_cls: type[torch.optim.Optimizer] | str
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Option] = field(default_factory=dict)
+    adam_hyperparameters: bool = True
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
+            raise ValueError(f"optimizer name {self.name!r} must be lower case letters, digits and underscores")
+        for key in [*self.defaults, *self.options]:
+            if key in TRAINING_ARGUMENT_KEYS:
+                raise ValueError(f"{self.name}: {key!r} comes from the TrainingArguments field "
+                                 f"{TRAINING_ARGUMENT_KEYS[key]} and cannot be a default or an optim_args option")
+        object.__setattr__(self, "defaults", dict(self.defaults))
+        object.__setattr__(self, "options", dict(self.options))
+
+    def resolve_class(self) -> type[torch.optim.Optimizer]:
+        """The optimizer class (imported now if it was given as ``"module:ClassName"``)."""
+        if not isinstance(self.optimizer_cls, str):
+            return self.optimizer_cls
+        module_name, _, class_name = self.optimizer_cls.partition(":")
+        return getattr(importlib.import_module(module_name), class_name)
+
+    def parse_optim_args(self, text: str | None) -> dict[str, Any]:
+        """``optim_args`` parsed against :attr:`options` (an OptimArgsError, a ValueError, if it does not fit)."""
+        return parse_optim_args(text, self.options, optimizer=self.name, fixed=self.defaults,
+                                defaults=self.defaults)
+
+    def help(self) -> str:
+        """The accepted ``optim_args`` keys, in words."""
+        return describe_options(self.options, self.defaults)
+
+
+ALPHAADAM_OPTIONS: dict[str, Option] = {
+    "mask": Option(str, choices=MASK_MODES, help="sign-agreement mask: AlphaAdam's async, Cautious' sync, none"),
+    "alpha": Option(str, choices=ALPHA_MODES, help="step scale: norm-restoring, Cautious' count, none"),
+    "alpha_max": Option(float, min=1.0, none=True, help="upper clamp of alpha (none: no clamp)"),
+    "first_step": Option(str, choices=FIRST_STEP_MODES, help="unmasked (full) or masked first step"),
+    "state_dtype": Option(str, choices=("bf16", "fp32"), none=True, help="dtype of the moments (none: automatic)"),
+    "foreach": Option(bool, none=True, help="multi-tensor path (none: automatic)"),
+}
+
+BUILTIN_OPTIMIZERS: tuple[OptimizerSpec, ...] = (
+    OptimizerSpec(
+        "alphaadam", AlphaAdam, defaults={"mask": "async", "alpha": "norm"}, options=ALPHAADAM_OPTIONS,
+        description="AlphaAdam: asynchronous sign-agreement mask, norm-restoring alpha (arXiv 2501.18094)"),
+    OptimizerSpec(
+        "cautious_adamw", AlphaAdam, defaults={"mask": "sync", "alpha": "count"},
+        options={key: option for key, option in ALPHAADAM_OPTIONS.items() if key not in ("mask", "alpha")},
+        description="Cautious AdamW (the paper's CAdamW baseline): AlphaAdam with mask=sync, alpha=count"),
+)
+
+# optim name -> spec: the optimizers register() makes known to transformers.
+OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in BUILTIN_OPTIMIZERS}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building the optimizer from TrainingArguments (no transformers internals needed here)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def optimizer_cls_and_kwargs(args: Any, model: nn.Module | None = None, *,
+                             name: str | None = None) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """The ``(optimizer class, kwargs)`` pair the Trainer instantiates as ``cls(param_groups, **kwargs)``.
+
+    Usable without any registration:
+    ``Trainer(model=model, args=args, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs(args, model, name=...))``.
+
+    Args:
+        args: the ``TrainingArguments``; ``learning_rate``, ``adam_beta1/2``, ``adam_epsilon``, ``weight_decay``
+            and ``optim_args`` are used.
+        model: the model whose parameters will be optimized; if given, each group gets ``param_names`` so that
+            per-tensor statistics are keyed by parameter name.
+        name: which optimizer (a key of :data:`OPTIMIZERS`); defaults to ``args.optim``.
+
+    The returned class is a constructor, not the optimizer class: calling it with the Trainer's param groups names
+    them ``"decay"`` / ``"no_decay"`` and returns an instance of the real optimizer class.
+    """
+    spec = _spec_for(args, name)
+    check_distributed_setup(args, spec.name)
+    kwargs: dict[str, Any] = {"lr": args.learning_rate, "weight_decay": args.weight_decay}
+    if spec.adam_hyperparameters:
+        kwargs.update(betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+    kwargs.update(spec.defaults)
+    kwargs.update(spec.parse_optim_args(args.optim_args))
+    param_names = None if model is None else {id(param): key for key, param in model.named_parameters()}
+    per_tensor = deepspeed_config(args) is not None
+    return _trainer_constructor(spec.resolve_class(), param_names, per_tensor), kwargs
+
+
+def _spec_for(args: Any, name: str | None) -> OptimizerSpec:
+    optim = getattr(args, "optim", None)
+    optim = getattr(optim, "value", optim)  # an OptimizerNames member or a plain string
+    if name is not None and optim in OPTIMIZERS and optim != name:
+        raise ValueError(f"args.optim={optim!r} but name={name!r}: leave out name, or make them agree")
+    chosen = name if name is not None else optim
+    if chosen not in OPTIMIZERS:
+        given = f"name={name!r}" if name is not None else f"args.optim={optim!r}"
+        raise ValueError(f"{given} is not an optimizer of hf_alphaadam; choose one of {sorted(OPTIMIZERS)} "
+                         "(pass name=... when args.optim is a transformers optimizer)")
+    return OPTIMIZERS[chosen]
+
+
+def _trainer_constructor(optimizer_cls: type[torch.optim.Optimizer], param_names: Mapping[int, str] | None,
+                         per_tensor: bool) -> type[torch.optim.Optimizer]:
+    """A ``torch.optim.Optimizer`` subclass whose construction returns an ``optimizer_cls`` instance built on
+    named param groups.
+
+    It has to be an ``Optimizer`` subclass: the Trainer passes its decay / no-decay groups only to such classes
+    (anything else is treated as a Muon-style factory and called with the model). Since ``__new__`` returns an
+    object that is not an instance of this class, Python skips ``__init__`` and the caller gets the real optimizer.
+    """
+
+    def __new__(cls, params: Iterable[Any], **kwargs: Any) -> torch.optim.Optimizer:
+        groups = _named_groups(params, param_names, kwargs.get("weight_decay", 0.0), per_tensor)
+        if per_tensor:  # DeepSpeed ZeRO: a flat partition must belong to one tensor (see distributed.py)
+            groups = one_group_per_tensor(groups)
+        optimizer = optimizer_cls(groups, **kwargs)
+        summary: dict[str, int] = {}
+        for index, group in enumerate(optimizer.param_groups):
+            group_name = str(group.get("name", f"group{index}"))
+            summary[group_name] = summary.get(group_name, 0) + len(group["params"])
+        logger.info("%s(%s) over param groups %s (tensors per group name)", optimizer_cls.__name__,
+                    ", ".join(f"{key}={value!r}" for key, value in kwargs.items()), summary)
+        return optimizer
+
+    name = f"{optimizer_cls.__name__}WithTrainerGroups"
+    return type(name, (torch.optim.Optimizer,), {"__new__": __new__, "__doc__": _trainer_constructor.__doc__,
+                                                 "__module__": __name__, "__qualname__": name})
+
+
+def _named_groups(params: Iterable[Any], param_names: Mapping[int, str] | None, default_weight_decay: float,
+                  need_names: bool) -> list[dict[str, Any]]:
+    """``params`` (tensors or param-group dicts) as param groups that have a ``name`` and, when the parameter
+    names are known (or ``need_names``), ``param_names``. ``(name, tensor)`` pairs are passed through.
+
+    A group without a ``name`` is called ``"decay"`` if its weight decay is > 0 and ``"no_decay"`` otherwise,
+    except for the Trainer's own pair of groups ``[decay, no_decay]``: those keep these names even when
+    ``weight_decay=0`` (the TrainingArguments default), so that weight matrices and norm / bias vectors are
+    still reported apart.
+    """
+    params = list(params)
+    if not params or isinstance(params[0], tuple):
+        return params  # empty (the optimizer reports it) or already named pairs
+    groups = [dict(group) for group in params] if isinstance(params[0], dict) else [{"params": params}]
+    trainer_pair = (len(groups) == 2 and not any("name" in group for group in groups)
+                    and groups[0].get("weight_decay") == default_weight_decay
+                    and groups[1].get("weight_decay") == 0.0)
+    for index, group in enumerate(groups):
+        group["params"] = list(group["params"])
+        if trainer_pair:
+            group["name"] = ("decay", "no_decay")[index]
+        elif "name" not in group:
+            group["name"] = "decay" if group.get("weight_decay", default_weight_decay) > 0 else "no_decay"
+        if "param_names" not in group and (param_names is not None or need_names):
+            known = param_names or {}
+            group["param_names"] = [known.get(id(param), f"{group['name']}.{position}")
+                                    for position, param in enumerate(group["params"])]
+    return groups
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registration with transformers (the only place that touches transformers internals)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class TransformersCompatibilityError(RuntimeError):
+    """The installed transformers no longer has the private extension points :func:`register` relies on."""
+
+
+class _ExtensionPoints(NamedTuple):
+    optimizer_names: type[enum.Enum]
+    handlers: dict[Any, Any]
+    trainer_module: Any
+
+
+_CONTEXT_FIELDS = ("args", "model", "optimizer_kwargs", "adam_kwargs", "optim_args")
+
+
+def check_transformers_compatibility() -> _ExtensionPoints:
+    """Check the transformers internals :func:`register` extends; raise TransformersCompatibilityError if one
+    changed. Returns ``(OptimizerNames, _OPTIMIZER_HANDLERS, transformers.trainer)``."""
+    import transformers
+
+    def fail(problem: str) -> TransformersCompatibilityError:
+        return TransformersCompatibilityError(
+            f"hf_alphaadam cannot register optim={sorted(OPTIMIZERS)} with transformers {transformers.__version__}: "
+            f"{problem}. hf_alphaadam supports transformers>=5.2,<6 (tested with 5.23). Either install such a "
+            "version, or skip registration and pass the optimizer explicitly: Trainer(..., optimizer_cls_and_kwargs="
+            "hf_alphaadam.optimizer_cls_and_kwargs(args, model, name='alphaadam'))")
+
+    try:
+        from transformers import trainer as trainer_module
+        from transformers import trainer_optimizer, training_args
+    except ImportError as error:
+        raise fail(f"importing transformers.trainer / trainer_optimizer / training_args failed ({error})") from error
+
+    names = getattr(training_args, "OptimizerNames", None)
+    if not (isinstance(names, type) and issubclass(names, enum.Enum) and issubclass(names, str)):
+        raise fail(f"transformers.training_args.OptimizerNames is no longer a str Enum (got {names!r})")
+    if not all(isinstance(getattr(names, attribute, None), kind) for attribute, kind in
+               (("_member_map_", dict), ("_value2member_map_", dict), ("_member_names_", list))):
+        raise fail("OptimizerNames lacks the Enum internals _member_map_ / _value2member_map_ / _member_names_")
+    if names._value2member_map_.get("adamw_torch") is not getattr(names, "ADAMW_TORCH", None):
+        raise fail("OptimizerNames has no member ADAMW_TORCH = 'adamw_torch'")
+
+    handlers = getattr(trainer_optimizer, "_OPTIMIZER_HANDLERS", None)
+    if not isinstance(handlers, dict) or names.ADAMW_TORCH not in handlers:
+        raise fail("transformers.trainer_optimizer._OPTIMIZER_HANDLERS (optim name -> handler) is missing "
+                   "or has no 'adamw_torch' entry")
+    if getattr(trainer_module, "_OPTIMIZER_HANDLERS", None) is not handlers:
+        raise fail("transformers.trainer no longer dispatches through trainer_optimizer._OPTIMIZER_HANDLERS")
+    context = getattr(trainer_optimizer, "OptimizerContext", None)
+    fields = tuple(f.name for f in dataclasses.fields(context)) if dataclasses.is_dataclass(context) else ()
+    if not set(_CONTEXT_FIELDS) <= set(fields):
+        raise fail(f"the handlers' OptimizerContext changed: expected the fields {_CONTEXT_FIELDS}, got {fields}")
+    if len(inspect.signature(handlers[names.ADAMW_TORCH]).parameters) != 1:
+        raise fail("optimizer handlers no longer take a single OptimizerContext argument")
+    if not callable(getattr(trainer_module, "_parse_optim_args", None)):
+        raise fail("transformers.trainer._parse_optim_args (the Trainer's optim_args splitter) is missing")
+    return _ExtensionPoints(names, handlers, trainer_module)
+
+
+def register() -> None:
+    """Make every optimizer in :data:`OPTIMIZERS` a valid ``optim=`` value of transformers (idempotent).
+
+    Run by ``import hf_alphaadam``. Argument parsers take their ``--optim`` choices when they are built, so build
+    them after the import. Raises TransformersCompatibilityError if transformers' internals changed.
+    """
+    names, handlers, trainer_module = check_transformers_compatibility()
+    for spec in OPTIMIZERS.values():
+        member = _add_member(names, spec.name)
+        handlers[member] = functools.partial(_handle, spec.name)
+    _wrap_parse_optim_args(trainer_module)
+    logger.debug("registered optim=%s with transformers", sorted(OPTIMIZERS))
+
+
+def add_optimizer(spec: OptimizerSpec, *, replace: bool = False) -> None:
+    """Add ``spec`` to :data:`OPTIMIZERS` and register it with transformers (for optimizers outside the package;
+    the package's own are entries of :data:`BUILTIN_OPTIMIZERS`)."""
+    existing = OPTIMIZERS.get(spec.name)
+    if existing is not None and existing != spec and not replace:
+        raise ValueError(f"an optimizer named {spec.name!r} is already registered; pass replace=True to replace it")
+    OPTIMIZERS[spec.name] = spec
+    register()
+
+
+def _handle(name: str, ctx: Any) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """The ``_OPTIMIZER_HANDLERS`` entry of ``name``. The context's pre-split ``optim_args`` dict is not used:
+    :func:`optimizer_cls_and_kwargs` parses the raw ``ctx.args.optim_args`` string."""
+    return optimizer_cls_and_kwargs(ctx.args, ctx.model, name=name)
+
+
+def _add_member(names: type[enum.Enum], value: str) -> enum.Enum:
+    """Add ``NAME = "value"`` to the str Enum ``names`` (or return the member if it exists)."""
+    existing = names._value2member_map_.get(value)
+    if existing is not None:
+        if not getattr(existing, "_hf_alphaadam_", False):
+            logger.warning("transformers already has optim=%r; hf_alphaadam's optimizer of that name replaces it "
+                           "in the Trainer", value)
+        return existing
+    member_name = value.upper()
+    if member_name in names._member_map_:
+        raise TransformersCompatibilityError(f"{names.__name__}.{member_name} already exists with the value "
+                                             f"{names._member_map_[member_name].value!r}, not {value!r}")
+    member = str.__new__(names, value)
+    member._name_ = member_name
+    member._value_ = value
+    member.__objclass__ = names
+    member._sort_order_ = len(names._member_names_)
+    member._hf_alphaadam_ = True
+    # pickled as registry._optimizer_name(value): unpickling imports (and so registers) hf_alphaadam
+    member.__reduce_ex__ = functools.partial(_reduce_member, value)
+    names._member_map_[member_name] = member
+    names._value2member_map_[value] = member
+    names._member_names_.append(member_name)
+    type.__setattr__(names, member_name, member)
+    return member
+
+
+def _reduce_member(value: str, protocol: int) -> tuple[Any, tuple[str]]:
+    return _optimizer_name, (value,)
+
+
+def _optimizer_name(value: str) -> enum.Enum:
+    """Unpickle an ``OptimizerNames`` member added by this package (importing this module has registered it)."""
+    from transformers.training_args import OptimizerNames
+
+    if value not in OptimizerNames._value2member_map_:
+        register()
+    return OptimizerNames(value)
+
+
+def _wrap_parse_optim_args(trainer_module: Any) -> None:
+    """Make the Trainer's ``optim_args`` splitter name the malformed entry instead of "not enough values to
+    unpack". It returns the same results as before; a string it rejects still raises a ValueError (now naming
+    the entry) and a non-string a TypeError instead of an AttributeError."""
+    original = trainer_module._parse_optim_args
+    if getattr(original, "_hf_alphaadam_", False):
+        return
+
+    @functools.wraps(original)
+    def parse_optim_args_naming_the_problem(optim_args: Any) -> dict[str, str]:
+        try:
+            return original(optim_args)
+        except (ValueError, AttributeError) as error:
+            try:
+                split_optim_args(optim_args)
+            except (ValueError, TypeError) as clear:
+                raise clear from error
+            raise
+
+    parse_optim_args_naming_the_problem._hf_alphaadam_ = True
+    trainer_module._parse_optim_args = parse_optim_args_naming_the_problem
+
+
+def register_at_import() -> None:
+    """:func:`register`, logging a warning instead of raising when transformers changed, so that the optimizers
+    themselves stay importable."""
+    try:
+        register()
+    except TransformersCompatibilityError as error:
+        logger.warning("%s", error)
