@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,7 @@ TRAINING_ARGUMENT_KEYS: dict[str, str] = {
     "wd": "weight_decay",
 }
 
-_TYPE_NAMES = {str: "str", int: "int", float: "float", bool: "bool"}
+_TYPE_NAMES = {str: "str", int: "int", float: "float", bool: "bool", re.Pattern: "regex"}
 
 
 class OptimArgsError(ValueError):
@@ -51,7 +52,8 @@ class Option:
     """One key an optimizer accepts in ``optim_args``: the type its value converts to and the values allowed.
 
     Args:
-        type: ``str``, ``int``, ``float`` or ``bool`` (written ``true`` / ``false``).
+        type: ``str``, ``int``, ``float``, ``bool`` (written ``true`` / ``false``) or ``re.Pattern`` (a regular
+            expression, passed on as a string; optim_args cannot carry commas, so use ``|`` for alternatives).
         choices: for ``str``, the allowed values (required).
         min, max: for ``int`` / ``float``, optional bounds; ``min_inclusive`` / ``max_inclusive`` say whether the
             bound itself is allowed (default: yes).
@@ -83,6 +85,8 @@ class Option:
         """What this option accepts, in words: ``one of 'async', 'sync'``, ``a float >= 1, or none``, ..."""
         if self.type is str:
             text = "one of " + ", ".join(repr(choice) for choice in self.choices)
+        elif self.type is re.Pattern:
+            text = "a regular expression (alternatives with |)"
         elif self.type is bool:
             text = "true or false"
         else:
@@ -105,6 +109,13 @@ class Option:
             if text in self.choices:
                 return text
             raise OptimArgsError(f"{key}={text!r} is not allowed: {key} must be {self.allowed()}")
+        if self.type is re.Pattern:
+            try:
+                re.compile(text)
+            except re.error as error:
+                raise OptimArgsError(f"{key}={text!r} is not a valid regular expression ({error}): "
+                                     f"{key} must be {self.allowed()}") from None
+            return text
         if self.type is bool:
             if text.lower() in ("true", "false"):
                 return text.lower() == "true"

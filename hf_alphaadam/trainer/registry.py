@@ -48,7 +48,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ..optim import AlphaAdam
+from ..optim import AdaDiag, AdaPM, AlphaAdam
 from ..optim._masking import ALPHA_MODES, FIRST_STEP_MODES, MASK_MODES
 from .distributed import check_distributed_setup, deepspeed_config, one_group_per_tensor
 from .optim_args import TRAINING_ARGUMENT_KEYS, Option, describe_options, parse_optim_args, split_optim_args
@@ -122,6 +122,40 @@ ALPHAADAM_OPTIONS: dict[str, Option] = {
     "foreach": Option(bool, none=True, help="multi-tensor path (none: automatic)"),
 }
 
+_STATE_OPTIONS: dict[str, Option] = {key: ALPHAADAM_OPTIONS[key] for key in ("state_dtype", "foreach")}
+_MASK_OPTIONS: dict[str, Option] = {key: ALPHAADAM_OPTIONS[key] for key in ("mask", "alpha", "alpha_max",
+                                                                              "first_step")}
+
+ADAPM_OPTIONS: dict[str, Option] = {
+    "rank": Option(int, min=1, help="rank of the low-rank momentum factors"),
+    "head_dim": Option(int, min=1, none=True, help="head size for per-head compact v of q/k (mini)"),
+    "refit_iters": Option(int, min=0, help="subspace-iteration steps refitting the factors each step"),
+    "residual": Option(str, choices=("full", "none", "clip"), help="how the low-rank fit's residual is used"),
+    "residual_clip": Option(float, min=0.0, help="residual norm cap relative to the low-rank part (clip)"),
+    "policy": Option(str, choices=("auto", "none", "full", "lowrank"), help="momentum per block"),
+    "none_modules": Option(re.Pattern, none=True, help="names that get no momentum"),
+    "full_modules": Option(re.Pattern, none=True, help="names that get full momentum"),
+    "lowrank_modules": Option(re.Pattern, none=True, help="names that get low-rank momentum"),
+    "lm_head": Option(str, choices=("none", "full", "lowrank"), help="momentum of an untied lm_head"),
+    "other": Option(str, choices=("full", "none", "lowrank"), help="momentum of unrecognised matrices"),
+    "dense_fallback": Option(bool, help="full momentum where the factors would not save memory"),
+    "seed": Option(int, min=0, help="seed of the initial factors"),
+    **_MASK_OPTIONS,
+    **_STATE_OPTIONS,
+}
+
+ADADIAG_OPTIONS: dict[str, Option] = {
+    "update_freq": Option(int, min=1, help="refresh the SVD bases every this many steps"),
+    "side": Option(str, choices=("auto", "left", "right"), help="one-sided rotation side (auto: smaller)"),
+    "moment_space": Option(str, choices=("rotated", "original"), help="where the moments live"),
+    "second_moment": Option(str, choices=("adam", "adafactor"), help="dense or factored second moment"),
+    "reproject": Option(bool, help="carry the moments into a new basis at a refresh"),
+    "align_signs": Option(bool, help="flip new singular vectors to agree with the old ones"),
+    "max_dim": Option(int, min=1, none=True, help="sides longer than this are not rotated"),
+    **_MASK_OPTIONS,
+    **_STATE_OPTIONS,
+}
+
 BUILTIN_OPTIMIZERS: tuple[OptimizerSpec, ...] = (
     OptimizerSpec(
         "alphaadam", AlphaAdam, defaults={"mask": "async", "alpha": "norm"}, options=ALPHAADAM_OPTIONS,
@@ -130,6 +164,18 @@ BUILTIN_OPTIMIZERS: tuple[OptimizerSpec, ...] = (
         "cautious_adamw", AlphaAdam, defaults={"mask": "sync", "alpha": "count"},
         options={key: option for key, option in ALPHAADAM_OPTIONS.items() if key not in ("mask", "alpha")},
         description="Cautious AdamW (the paper's CAdamW baseline): AlphaAdam with mask=sync, alpha=count"),
+    OptimizerSpec(
+        "adapm", AdaPM, defaults={"second_moment": "adam"}, options=ADAPM_OPTIONS,
+        description="AdaPM-style partial momentum: none / low-rank / full momentum per block (arXiv 2510.09103)"),
+    OptimizerSpec(
+        "adapm_mini", AdaPM, defaults={"second_moment": "mini"}, options=ADAPM_OPTIONS,
+        description="AdaPM-style partial momentum with an Adam-mini-style compact second moment"),
+    OptimizerSpec(
+        "adadiag", AdaDiag, defaults={"two_sided": False}, options=ADADIAG_OPTIONS,
+        description="AdaDiag: Adam in a one-sided SVD-rotated basis (arXiv 2502.07488)"),
+    OptimizerSpec(
+        "adadiag_pp", AdaDiag, defaults={"two_sided": True}, options=ADADIAG_OPTIONS,
+        description="AdaDiag++: Adam in a two-sided SVD-rotated basis (arXiv 2502.07488)"),
 )
 
 # optim name -> spec: the optimizers register() makes known to transformers.
