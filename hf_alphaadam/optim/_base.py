@@ -147,6 +147,12 @@ class StatisticsMixin:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """``Optimizer.load_state_dict`` that keeps each saved state tensor's dtype (torch casts them to the
         parameter's dtype, which would round fp32 moments of a bf16 parameter to bf16)."""
+        # torch replaces the group dicts: carry per-group records kept by id(group) (layouts) over to the new ones
+        layouts = getattr(self, "_layouts", None)
+        previous = [layouts.get(id(group)) for group in self.param_groups] if layouts is not None else None
         super().load_state_dict(state_dict)  # type: ignore[misc]
         restore_saved_dtypes(self, state_dict)  # type: ignore[arg-type]
+        if previous is not None:
+            self._layouts = {id(group): layout for group, layout in zip(self.param_groups, previous)
+                             if layout is not None}
         self._init_statistics()

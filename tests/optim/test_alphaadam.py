@@ -402,3 +402,16 @@ def test_statistics_merge_groups_that_share_a_name():
     assert stats["groups"]["decay"]["num_tensors"] == 2
     assert stats["groups"]["decay"]["alpha_max"] == max(stats["tensors"]["a"]["alpha"], stats["tensors"]["c"]["alpha"])
     assert stats["groups"]["no_decay"]["num_tensors"] == 1
+
+
+def test_flat_partition_check_survives_load_state_dict():
+    params = make_params(torch.float64)
+    optimizer = AlphaAdam(params)
+    set_grads(params, random_grads(params, 0))
+    optimizer.step()
+    optimizer.load_state_dict(optimizer.state_dict())
+    flat = torch.cat([p.detach().reshape(-1) for p in params]).requires_grad_()
+    flat.grad = torch.ones_like(flat)
+    optimizer.param_groups[0]["params"] = [flat]  # what DeepSpeed ZeRO-1/2 does to a multi-tensor group
+    with pytest.raises(RuntimeError, match="flat partition"):
+        optimizer.step()
