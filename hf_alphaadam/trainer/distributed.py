@@ -85,7 +85,10 @@ def one_group_per_tensor(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
             raise ValueError("one_group_per_tensor needs groups with a 'param_names' entry per parameter")
         options = {key: value for key, value in group.items() if key not in ("params", "param_names")}
         for name, param in zip(names, group["params"]):
-            split.append({**options, "params": [param], "param_names": [name], "whole_numel": param.numel()})
+            # under ZeRO-3's zero.Init (accelerate's zero3_init_flag) the parameter is already an empty
+            # placeholder: its real size is ds_numel
+            whole_numel = int(getattr(param, "ds_numel", param.numel()))
+            split.append({**options, "params": [param], "param_names": [name], "whole_numel": whole_numel})
     return split
 
 

@@ -68,6 +68,13 @@ def test_one_group_per_tensor_keeps_options_names_and_counts():
         one_group_per_tensor([{"params": [named[0][1]]}])
 
 
+def test_one_group_per_tensor_uses_zero3_placeholder_size():
+    placeholder = torch.nn.Parameter(torch.empty(0))  # what zero.Init leaves in the module
+    placeholder.ds_numel = 4096
+    (group,) = one_group_per_tensor([{"params": [placeholder], "param_names": ["w"]}])
+    assert group["whole_numel"] == 4096
+
+
 def test_last_complete_checkpoint_skips_partial_directories(tmp_path):
     assert last_complete_checkpoint(str(tmp_path / "missing")) is None
     for step, complete in [(2, True), (4, True), (6, False)]:
