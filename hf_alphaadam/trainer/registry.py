@@ -120,6 +120,8 @@ ALPHAADAM_OPTIONS: dict[str, Option] = {
     "first_step": Option(str, choices=FIRST_STEP_MODES, help="unmasked (full) or masked first step"),
     "state_dtype": Option(str, choices=("bf16", "fp32"), none=True, help="dtype of the moments (none: automatic)"),
     "foreach": Option(bool, none=True, help="multi-tensor path (none: automatic)"),
+    "fused": Option(bool, help="torch.compile'd two-pass kernels (the first step compiles)"),
+    "bf16_update": Option(str, choices=("plain", "kahan", "stochastic"), help="how bf16 parameters are written"),
 }
 
 _STATE_OPTIONS: dict[str, Option] = {key: ALPHAADAM_OPTIONS[key] for key in ("state_dtype", "foreach")}
@@ -164,6 +166,11 @@ BUILTIN_OPTIMIZERS: tuple[OptimizerSpec, ...] = (
         "cautious_adamw", AlphaAdam, defaults={"mask": "sync", "alpha": "count"},
         options={key: option for key, option in ALPHAADAM_OPTIONS.items() if key not in ("mask", "alpha")},
         description="Cautious AdamW (the paper's CAdamW baseline): AlphaAdam with mask=sync, alpha=count"),
+    OptimizerSpec(
+        "alphaadam_8bit", AlphaAdam, defaults={"mask": "async", "alpha": "norm", "state_bits": 8},
+        options={**ALPHAADAM_OPTIONS, "min_8bit_size": Option(int, min=0, help="smaller tensors keep 32-bit moments"),
+                 "quantize_embeddings": Option(bool, help="also quantize the moments of embeddings")},
+        description="AlphaAdam with 8-bit blockwise-quantized moments (bitsandbytes)"),
     OptimizerSpec(
         "adapm", AdaPM, defaults={"second_moment": "adam"}, options=ADAPM_OPTIONS,
         description="AdaPM-style partial momentum: none / low-rank / full momentum per block (arXiv 2510.09103)"),

@@ -64,3 +64,22 @@ def test_bad_optim_args_are_refused(tmp_path, name, optim_args, fragment):
     with pytest.raises(OptimArgsError) as info:
         hf_alphaadam.optimizer_cls_and_kwargs(args)
     assert fragment in str(info.value)
+
+
+def test_alphaadam_8bit_by_name(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from hf_alphaadam import AlphaAdam
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    args = TrainingArguments(tmp_path, optim="alphaadam_8bit", optim_args="min_8bit_size=4096", learning_rate=3e-3,
+                             max_steps=3, per_device_train_batch_size=8, use_cpu=True, report_to="none",
+                             save_strategy="no", disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=Tokens())
+    trainer.train()
+    optimizer = trainer.optimizer.optimizer
+    assert isinstance(optimizer, AlphaAdam) and optimizer.param_groups[0]["state_bits"] == 8
+    mlp = model.model.layers[0].mlp.up_proj.weight  # 8192 elements: quantized
+    assert optimizer.state[mlp]["exp_avg_codes"].dtype == torch.uint8
+    assert "exp_avg" in optimizer.state[model.model.embed_tokens.weight]  # embeddings stay 32-bit

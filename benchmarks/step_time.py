@@ -1,0 +1,299 @@
+"""Optimizer step time of AlphaAdam (every code path, several mask/alpha modes) against torch.optim.AdamW.
+
+The parameters have the shapes of GPT-2 small (124M: wte 50257x768, wpe 1024x768, 12 blocks of ln / c_attn /
+attn c_proj / mlp c_fc / mlp c_proj weights and biases, ln_f), built as plain tensors with random gradients (no
+transformers). ``--scale`` shrinks the hidden size, vocabulary and context (the 12 blocks are kept).
+
+All optimizers share the parameters, the gradients and (to keep memory at ~2 model copies instead of ~2 per
+optimizer) the ``exp_avg`` / ``exp_avg_sq`` tensors: only step time is measured, and it does not depend on the
+values. Each repetition is one round-robin over the optimizers in a shuffled order, so slow phases of the
+machine hit every optimizer alike; ratios are the median over rounds of the per-round ratio.
+
+    python benchmarks/step_time.py                 # full GPT-2 small (a few minutes on 2 cores)
+    python benchmarks/step_time.py --quick         # scale 1/16, few rounds: < 60 s (without --compiled)
+
+Writes ``benchmarks/results/step_time.json`` and ``step_time.png`` (``--output-dir`` to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from hf_alphaadam.optim.alphaadam import AlphaAdam  # noqa: E402
+
+# the module itself (``hf_alphaadam.optim.alphaadam`` as an attribute is the function the package re-exports)
+alphaadam_module = sys.modules[AlphaAdam.__module__]
+
+logger = logging.getLogger("step_time")
+
+BASELINE = "AdamW foreach"
+FUSED = "AdamW fused"
+
+
+def gpt2_small_shapes(scale: float = 1.0, layers: int = 12) -> list[tuple[int, ...]]:
+    """Parameter shapes of GPT-2 small (HF Conv1D layout: ``[in, out]``), dims multiplied by ``scale``."""
+    d = max(8, round(768 * scale))
+    vocab = max(16, round(50257 * scale))
+    context = max(8, round(1024 * scale))
+    shapes: list[tuple[int, ...]] = [(vocab, d), (context, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d), (4 * d,), (4 * d, d), (d,)]
+    shapes += [(d,), (d,)]
+    return shapes
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+
+
+@contextlib.contextmanager
+def _compiled_dispatch() -> Iterator[None]:
+    """Route AlphaAdam.step through ``_compiled_alphaadam`` (for trees where it is not wired into the optimizer)."""
+    from hf_alphaadam.optim._compiled import _compiled_alphaadam
+
+    original = alphaadam_module.alphaadam
+
+    def dispatch(*args: Any, foreach: Any = None, **kwargs: Any) -> Any:
+        return _compiled_alphaadam(*args, **kwargs)
+
+    alphaadam_module.alphaadam = dispatch
+    try:
+        yield
+    finally:
+        alphaadam_module.alphaadam = original
+
+
+def _compiled_alphaadam_optimizer(params: list[torch.Tensor], **kwargs: Any) -> tuple[torch.optim.Optimizer, Callable]:
+    """AlphaAdam on its compiled path: the wired option if this tree has one, else the dispatch patch."""
+    for option in ({"fused": True}, {"foreach": "compiled"}):
+        try:
+            return AlphaAdam(params, **kwargs, **option), contextlib.nullcontext
+        except (TypeError, ValueError):
+            continue
+    return AlphaAdam(params, **kwargs, foreach=True), _compiled_dispatch
+
+
+def build_optimizers(params: list[torch.Tensor], names: list[str], lr: float
+                     ) -> dict[str, tuple[torch.optim.Optimizer, Callable]]:
+    """name -> (optimizer, context manager factory wrapped around its step)."""
+    modes = {"async+norm": ("async", "norm"), "sync+count": ("sync", "count"), "none+none": ("none", "none"),
+             "async+count": ("async", "count"), "sync+norm": ("sync", "norm"), "async+none": ("async", "none")}
+    optimizers: dict[str, tuple[torch.optim.Optimizer, Callable]] = {}
+    for name in names:
+        if name.startswith("AdamW"):
+            kind = name.split()[1]
+            flags = {"foreach": dict(foreach=True), "loop": dict(foreach=False), "fused": dict(fused=True)}[kind]
+            optimizers[name] = (torch.optim.AdamW(params, lr=lr, weight_decay=0.01, **flags), contextlib.nullcontext)
+            continue
+        _, mode, path = name.split()  # "AlphaAdam async+norm foreach"
+        mask, alpha = modes[mode]
+        kwargs = dict(lr=lr, weight_decay=0.01, mask=mask, alpha=alpha)
+        if path == "compiled":
+            optimizers[name] = _compiled_alphaadam_optimizer(params, **kwargs)
+        else:
+            optimizers[name] = (AlphaAdam(params, foreach=path == "foreach", **kwargs), contextlib.nullcontext)
+    return optimizers
+
+
+def share_state(optimizers: dict[str, tuple[torch.optim.Optimizer, Callable]], params: list[torch.Tensor]) -> None:
+    """Give every optimizer the same moment tensors (own step counters), created once."""
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+    for optimizer, _ in optimizers.values():
+        for p, (m, v) in zip(params, moments):
+            optimizer.state[p] = {"step": torch.tensor(0.0), "exp_avg": m, "exp_avg_sq": v}
+
+
+def default_names(include_compiled: bool, include_loop: bool, all_modes: bool) -> list[str]:
+    names = [BASELINE, FUSED]
+    if include_loop:
+        names.append("AdamW loop")
+    modes = ["async+norm", "sync+count", "none+none"]
+    if all_modes:
+        modes += ["async+count", "sync+norm", "async+none"]
+    for mode in modes:
+        names.append(f"AlphaAdam {mode} foreach")
+        if include_compiled:
+            names.append(f"AlphaAdam {mode} compiled")
+    if include_loop:
+        names.append("AlphaAdam async+norm loop")
+    return names
+
+
+def timed_step(optimizer: torch.optim.Optimizer, context: Callable) -> float:
+    with context():
+        start = time.perf_counter()
+        optimizer.step()
+        return time.perf_counter() - start
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(args.seed)
+    shapes = gpt2_small_shapes(args.scale, args.layers)
+    params = [torch.randn(shape, dtype=dtype).mul_(0.02).requires_grad_() for shape in shapes]
+    for p in params:
+        p.grad = torch.randn_like(p).mul_(1e-3)
+    numel = sum(p.numel() for p in params)
+    logger.info("%d tensors, %.1fM parameters (%s), scale %g, %d threads", len(params), numel / 1e6, args.dtype,
+                args.scale, torch.get_num_threads())
+
+    names = args.optimizers.split(",") if args.optimizers else default_names(args.compiled, args.loop, args.all_modes)
+    optimizers = build_optimizers(params, names, lr=1e-5)
+    share_state(optimizers, params)
+
+    first_step: dict[str, float] = {}
+    for name, (optimizer, context) in optimizers.items():  # warm-up (compiles the compiled path)
+        first_step[name] = timed_step(optimizer, context)
+        for _ in range(args.warmup - 1):
+            timed_step(optimizer, context)
+        logger.info("warm-up %-32s first step %.3f s", name, first_step[name])
+
+    times: dict[str, list[float]] = {name: [] for name in optimizers}
+    rng = random.Random(args.seed)
+    rounds = range(args.reps)
+    try:
+        from tqdm import tqdm
+
+        rounds = tqdm(rounds, desc="rounds", disable=not sys.stderr.isatty() and not args.progress)
+    except ImportError:
+        pass
+    order = list(optimizers)
+    for _ in rounds:
+        rng.shuffle(order)
+        for name in order:
+            times[name].append(timed_step(*optimizers[name]))
+
+    results: dict[str, Any] = {}
+    for name, values in times.items():
+        entry = {"median_s": statistics.median(values), "min_s": min(values),
+                 "q25_s": _quantile(values, 0.25), "q75_s": _quantile(values, 0.75),
+                 "first_step_s": first_step[name], "times_s": values}
+        for key, reference in (("ratio_vs_adamw_foreach", BASELINE), ("ratio_vs_adamw_fused", FUSED)):
+            if reference in times:
+                entry[key] = statistics.median(a / b for a, b in zip(values, times[reference]))
+        if name.endswith("compiled"):
+            entry["compile_s_estimate"] = first_step[name] - entry["median_s"]
+        results[name] = entry
+    return {"machine": machine_info(),
+            "settings": {"scale": args.scale, "layers": args.layers, "dtype": args.dtype, "reps": args.reps,
+                         "warmup": args.warmup, "seed": args.seed, "tensors": len(params), "numel": numel,
+                         "order": "round-robin, shuffled each round", "shared_state": True},
+            "optimizers": results}
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def write_plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["optimizers"])
+    foreach = [report["optimizers"][n].get("ratio_vs_adamw_foreach", float("nan")) for n in names]
+    fused = [report["optimizers"][n].get("ratio_vs_adamw_fused", float("nan")) for n in names]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.6))
+    y = range(len(names))
+    ax.barh([i - 0.2 for i in y], foreach, height=0.4, label="vs AdamW foreach")
+    ax.barh([i + 0.2 for i in y], fused, height=0.4, label="vs AdamW fused")
+    for i, (a, b) in enumerate(zip(foreach, fused)):
+        ax.text(a, i - 0.2, f" {a:.2f}", va="center", fontsize=7)
+        ax.text(b, i + 0.2, f" {b:.2f}", va="center", fontsize=7)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(list(y), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("step time ratio (median of interleaved per-round ratios)")
+    settings, machine = report["settings"], report["machine"]
+    ax.set_title(f"{settings['numel'] / 1e6:.0f}M params ({settings['dtype']}), {machine['cpu']}, "
+                 f"{machine['torch_threads']} threads, torch {machine['torch']}", fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(f"{'optimizer':34s} {'median ms':>10s} {'vs foreach':>11s} {'vs fused':>9s} {'first step s':>13s}")
+    for name, entry in report["optimizers"].items():
+        print(f"{name:34s} {1e3 * entry['median_s']:10.1f} {entry.get('ratio_vs_adamw_foreach', float('nan')):11.3f} "
+              f"{entry.get('ratio_vs_adamw_fused', float('nan')):9.3f} {entry['first_step_s']:13.2f}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply GPT-2 small's dims (default 1: 124M)")
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--reps", type=int, default=15, help="interleaved rounds after warm-up")
+    parser.add_argument("--warmup", type=int, default=2, help="warm-up steps per optimizer (first compiles)")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--optimizers", default="", help="comma-separated names (default: see --compiled etc.)")
+    parser.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=True,
+                        help="include AlphaAdam's torch.compile path (compiles on first use)")
+    parser.add_argument("--loop", action=argparse.BooleanOptionalAction, default=True,
+                        help="include the for-loop paths (AdamW foreach=False, AlphaAdam reference)")
+    parser.add_argument("--all-modes", action="store_true", help="also async+count, sync+norm, async+none")
+    parser.add_argument("--quick", action="store_true",
+                        help="scale 1/16, 5 rounds, 1 warm-up step, no compiled path: a CI smoke run (< 60 s)")
+    parser.add_argument("--progress", action="store_true", help="tqdm bar even when stderr is not a terminal")
+    parser.add_argument("--output-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--name", default="step_time", help="file stem of the outputs")
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.scale = min(args.scale, 1 / 16)
+        args.reps = min(args.reps, 5)
+        args.warmup = 1
+        if "--compiled" not in (argv if argv is not None else sys.argv):
+            args.compiled = False
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    report = run(args)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    json_path = args.output_dir / f"{args.name}.json"
+    json_path.write_text(json.dumps(report, indent=1) + "\n")
+    if not args.no_plot:
+        write_plot(report, args.output_dir / f"{args.name}.png")
+    logger.info("wrote %s", json_path)
+    print_table(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The torch.compile'd two-pass AlphaAdam path against the reference loop (``_single_tensor_alphaadam``).
+
+The kernels are compiled once per process (module-level cache in ``_compiled.py``) and per dtype combination:
+fp32 and bf16 parameters here. The first test pays for the compilation (tens of seconds on a small CPU).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from hf_alphaadam import AlphaAdam
+from hf_alphaadam.optim._compiled import _compiled_alphaadam
+from hf_alphaadam.optim.alphaadam import _single_tensor_alphaadam
+
+pytestmark = pytest.mark.slow  # compiles C++ kernels with inductor: ~1 min the first time on 2 CPU cores
+
+MODES = list(itertools.product(["async", "sync", "none"], ["norm", "count", "none"]))
+# (70, 80) has more than 4096 elements: the reductions take inductor's parallel cascade-sum variant
+SHAPES = ((6, 5), (7,), (3, 4, 2), (70, 80))
+TOLERANCES = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.bfloat16: dict(rtol=0, atol=1e-2)}
+
+
+class State:
+    def __init__(self, dtype: torch.dtype, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.params = [torch.randn(s, generator=generator, dtype=torch.float64).to(dtype) for s in SHAPES]
+        state_dtype = torch.promote_types(dtype, torch.float32)
+        self.exp_avgs = [torch.zeros_like(p, dtype=state_dtype) for p in self.params]
+        self.exp_avg_sqs = [torch.zeros_like(p, dtype=state_dtype) for p in self.params]
+        self.steps = [torch.tensor(0.0) for _ in self.params]
+
+    def lists(self, keep: list[int]) -> list[list[torch.Tensor]]:
+        return [[values[i] for i in keep] for values in (self.params, self.exp_avgs, self.exp_avg_sqs, self.steps)]
+
+
+def grads_for(params: list[torch.Tensor], step: int) -> list[torch.Tensor]:
+    """A persistent direction plus noise, so that masks are neither empty nor full."""
+    generator = torch.Generator().manual_seed(1000 + step)
+    out = []
+    for p in params:
+        drift = torch.linspace(-1, 1, p.numel(), dtype=torch.float64).reshape(p.shape)
+        out.append((0.5 * drift + torch.randn(p.shape, generator=generator, dtype=torch.float64)).to(p.dtype))
+    return out
+
+
+def run_both(dtype, mask, alpha, steps=10, maximize=False, lr=1e-2, none_every=3, **overrides):
+    reference, compiled = State(dtype), State(dtype)
+    options = dict(lr=lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05, mask=mask, alpha=alpha,
+                   alpha_max=3.0 if alpha == "count" else None, first_step="full", maximize=maximize)
+    options.update(overrides)
+    for step in range(steps):
+        grads = grads_for(reference.params, step)
+        # a tensor whose grad is None is skipped by the caller (AlphaAdam._init_group): leave it out of the lists
+        keep = [i for i in range(len(grads)) if not (none_every and (step + i) % none_every == 0)]
+        p, m, v, s = reference.lists(keep)
+        expected = _single_tensor_alphaadam(p, [grads[i] for i in keep], m, v, s, **options)
+        p, m, v, s = compiled.lists(keep)
+        got = _compiled_alphaadam(p, [grads[i] for i in keep], m, v, s, **options)
+        compare_buckets(expected, got, len(keep))
+    return reference, compiled
+
+
+def compare_buckets(expected, got, n):
+    """Same statistics per position (the compiled path may bucket by dtype, the reference returns one bucket)."""
+    def flatten(buckets):
+        alpha, ratio = torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.float64)
+        for positions, a, r in buckets:
+            alpha[positions] = a.double()
+            ratio[positions] = r.double()
+        return alpha, ratio
+
+    for a, b in zip(flatten(expected), flatten(got)):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def assert_same(reference: State, compiled: State, dtype: torch.dtype) -> None:
+    for a, b in zip(reference.params, compiled.params):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(b, a, **TOLERANCES[dtype])
+    for name in ("exp_avgs", "exp_avg_sqs", "steps"):
+        for a, b in zip(getattr(reference, name), getattr(compiled, name)):
+            assert a.dtype == b.dtype
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mask,alpha", MODES)
+def test_compiled_matches_reference_on_params_and_state(dtype, mask, alpha):
+    assert_same(*run_both(dtype, mask, alpha), dtype)
+
+
+@pytest.mark.parametrize("mask,alpha", [("async", "norm"), ("sync", "count")])
+def test_compiled_maximize(mask, alpha):
+    assert_same(*run_both(torch.float32, mask, alpha, maximize=True), torch.float32)
+
+
+def test_compiled_first_step_masked_and_alpha_max():
+    assert_same(*run_both(torch.float32, "async", "norm", first_step="masked", alpha_max=1.5), torch.float32)
+
+
+def test_compiled_tensor_lr_matches_float_lr():
+    reference, compiled = run_both(torch.float32, "async", "norm", lr=torch.tensor(1e-2))
+    assert_same(reference, compiled, torch.float32)
+
+
+def test_compiled_empty_mask_tensor_is_not_moved_even_by_weight_decay():
+    params = [torch.ones(4, 3), torch.ones(5)]
+    exp_avgs = [torch.zeros_like(p) for p in params]
+    exp_avg_sqs = [torch.zeros_like(p) for p in params]
+    steps = [torch.tensor(0.0) for _ in params]
+    options = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.5, mask="async", alpha="norm",
+                   alpha_max=None, first_step="full", maximize=False)
+    _compiled_alphaadam(params, [torch.ones(4, 3), torch.ones(5)], exp_avgs, exp_avg_sqs, steps, **options)
+    after_first = params[0].clone()
+    # opposite sign everywhere for params[0]: m_{t-1} * g < 0, so its async mask is empty
+    [(_, alpha, ratio)] = _compiled_alphaadam(params, [-torch.ones(4, 3), torch.ones(5)], exp_avgs, exp_avg_sqs,
+                                              steps, **options)
+    assert torch.equal(params[0], after_first)
+    assert alpha.tolist() == [1.0, 1.0] and ratio.tolist() == [0.0, 1.0]
+    assert exp_avgs[0].lt(1).all()  # the moments are still updated
+
+
+def test_compiled_does_not_recompile_across_steps_or_sizes():
+    from torch._dynamo.utils import counters
+
+    run_both(torch.float32, "async", "norm", steps=2)  # everything this test needs is compiled by now
+    before = dict(counters["stats"])
+    run_both(torch.float32, "async", "norm", steps=10, lr=3e-3)
+    state = State(torch.float32)
+    shapes = [(33, 17), (9000,), (5,)]  # new sizes on both sides of the 4096-element variant threshold
+    params = [torch.randn(s) for s in shapes]
+    for step in range(3):
+        _compiled_alphaadam(params, [torch.randn(s) for s in shapes], [torch.zeros(s) for s in shapes],
+                            [torch.zeros(s) for s in shapes], [torch.tensor(float(step)) for _ in shapes],
+                            lr=1e-2 / (step + 1), beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.05,
+                            mask="async", alpha="norm", alpha_max=None, first_step="full", maximize=False)
+    del state
+    assert counters["stats"]["unique_graphs"] == before.get("unique_graphs", 0)
+
+
+def test_alphaadam_fused_option_matches_reference_loop():
+    torch.manual_seed(0)
+    shapes = [(33, 17), (17,), (5000,)]
+    loop_params = [torch.randn(s, requires_grad=True) for s in shapes]
+    fused_params = [p.detach().clone().requires_grad_() for p in loop_params]
+    loop = AlphaAdam(loop_params, lr=1e-2, weight_decay=0.1, foreach=False)
+    fused = AlphaAdam(fused_params, lr=1e-2, weight_decay=0.1, fused=True)
+    for step in range(5):
+        grads = [torch.randn(s) for s in shapes]
+        for a, b, g in zip(loop_params, fused_params, grads):
+            a.grad, b.grad = g.clone(), g.clone()
+        loop.step()
+        fused.step()
+    for a, b in zip(loop_params, fused_params):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(loop.state[a]["exp_avg"], fused.state[b]["exp_avg"], rtol=1e-5, atol=1e-7)
+    with pytest.raises(TypeError, match="fused must be a bool"):
+        AlphaAdam(loop_params, fused="yes")
