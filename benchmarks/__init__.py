@@ -1,0 +1,1 @@
+"""Benchmarks of hf-alphaadam against torch.optim.AdamW (not tests): ``python -m benchmarks --help``."""

@@ -1,0 +1,142 @@
+"""What every benchmark shares: the machine record, the results folder, the Tiny Shakespeare data and a tiny LM.
+
+A benchmark is a module ``benchmarks/<name>.py`` with
+
+- ``main(argv: list[str] | None = None)``: parses ``--quick`` (a smoke run of well under a minute that CI runs
+  to keep the code working; its numbers mean little) and ``--output-dir`` (default ``benchmarks/results``), runs,
+  and writes ``<name>.json`` (or ``<name>_quick.json``) with :func:`write_result`, plus a PNG;
+- ``summary(result: dict) -> list[dict]``: the rows this benchmark contributes to ``benchmarks/README.md``, each
+  ``{"claim": ..., "measured": ..., "verdict": ...}`` derived from a results file (never typed by hand).
+
+``python -m benchmarks run <name> [options]`` runs one; ``python -m benchmarks summarize`` rewrites the table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS = REPO_ROOT / "benchmarks" / "results"
+# ../shared/data next to the repository (real public data sets; see its README); HF_ALPHAADAM_DATA overrides
+SHARED_DATA = Path(os.environ.get("HF_ALPHAADAM_DATA", REPO_ROOT.parent / "shared" / "data"))
+TINY_SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine a result was measured on (CPU model, cores, threads, load, versions)."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = {"node": platform.node(), "platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__,
+            "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    with contextlib.suppress(ImportError):
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    return info
+
+
+def result_path(output_dir: Path | str, name: str, quick: bool, suffix: str = ".json") -> Path:
+    """``<output_dir>/<name>[_quick]<suffix>`` (quick runs never overwrite the real results)."""
+    return Path(output_dir) / f"{name}{'_quick' if quick else ''}{suffix}"
+
+
+def write_result(result: dict[str, Any], output_dir: Path | str, name: str, quick: bool) -> Path:
+    """Write ``result`` (with the machine and load at the end added) as indented JSON; returns the path."""
+    result = dict(result)
+    result.setdefault("benchmark", name)
+    result.setdefault("quick", quick)
+    result.setdefault("machine", machine_info())
+    if hasattr(os, "getloadavg"):
+        result["machine"]["load_average_end"] = list(os.getloadavg())
+    path = result_path(output_dir, name, quick)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, default=_jsonable) + "\n")
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def char_data(path: Path = TINY_SHAKESPEARE, valid_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Character-level token ids of a text file: (train, valid, vocabulary size); the last part is validation."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the benchmarks read ../shared/data next to the repository "
+                                "(set HF_ALPHAADAM_DATA to its location)")
+    text = path.read_text(encoding="utf-8")
+    chars = sorted(set(text))
+    index = {c: i for i, c in enumerate(chars)}
+    data = torch.tensor([index[c] for c in text], dtype=torch.long)
+    split = int((1 - valid_fraction) * data.numel())
+    return data[:split], data[split:], len(chars)
+
+
+def batches(data: torch.Tensor, count: int, batch_size: int, context: int, seed: int) -> Iterator[torch.Tensor]:
+    """``count`` random ``[batch_size, context + 1]`` windows, reproducible from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(count):
+        starts = torch.randint(0, len(data) - context - 1, (batch_size,), generator=generator)
+        yield torch.stack([data[s:s + context + 1] for s in starts.tolist()])
+
+
+def tiny_llama(vocab: int, hidden: int = 128, layers: int = 4, heads: int = 4, context: int = 256, seed: int = 0):
+    """A Llama built from a config (no weights downloaded), untied embeddings, seeded init."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=int(2.75 * hidden),
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=context + 1, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy (nats) over a ``[batch, context + 1]`` window."""
+    logits = model(input_ids=batch[:, :-1]).logits.float()
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].reshape(-1))
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup_fraction: float = 0.05):
+    """Linear warm-up then cosine decay to 0 over ``steps``."""
+    warmup = max(1, int(steps * warmup_fraction))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+
+
+def decay_groups(model, weight_decay: float) -> list[dict[str, Any]]:
+    """The Trainer's grouping: weight decay on >= 2-D weights, none on biases and norms; names kept."""
+    decay = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": [p for _, p in decay], "param_names": [n for n, _ in decay], "weight_decay": weight_decay,
+             "name": "decay"},
+            {"params": [p for _, p in no_decay], "param_names": [n for n, _ in no_decay], "weight_decay": 0.0,
+             "name": "no_decay"}]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
