@@ -9,11 +9,15 @@ A benchmark is a module ``benchmarks/<name>.py`` with
   ``{"claim": ..., "measured": ..., "verdict": ...}`` derived from a results file (never typed by hand).
 
 ``python -m benchmarks run <name> [options]`` runs one; ``python -m benchmarks summarize`` rewrites the table.
+A benchmark also runs as a script (``python benchmarks/<name>.py``): it then puts the repository root on
+``sys.path`` itself before importing this module.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -52,6 +56,22 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def add_common_arguments(parser: argparse.ArgumentParser, quick_help: str) -> argparse.ArgumentParser:
+    """The options every benchmark has: ``--quick`` (described by ``quick_help``) and ``--output-dir``."""
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--output-dir", type=Path, default=RESULTS,
+                        help="where <name>[_quick].json and .png go (default: benchmarks/results)")
+    return parser
+
+
+def set_threads(threads: int | None, quick: bool) -> None:
+    """``torch.set_num_threads(threads)`` when given; a quick run defaults to 1 (CI shares the CPU)."""
+    if threads:
+        torch.set_num_threads(threads)
+    elif quick:
+        torch.set_num_threads(1)
+
+
 def result_path(output_dir: Path | str, name: str, quick: bool, suffix: str = ".json") -> Path:
     """``<output_dir>/<name>[_quick]<suffix>`` (quick runs never overwrite the real results)."""
     return Path(output_dir) / f"{name}{'_quick' if quick else ''}{suffix}"
@@ -63,6 +83,7 @@ def write_result(result: dict[str, Any], output_dir: Path | str, name: str, quic
     result.setdefault("benchmark", name)
     result.setdefault("quick", quick)
     result.setdefault("machine", machine_info())
+    result.setdefault("date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     if hasattr(os, "getloadavg"):
         result["machine"]["load_average_end"] = list(os.getloadavg())
     path = result_path(output_dir, name, quick)
@@ -77,6 +98,26 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def gpt2_small_named_shapes(scale: float = 1.0, layers: int = 12) -> list[tuple[str, tuple[int, ...]]]:
+    """GPT-2 small's parameters (124M at scale 1) as ``(name, shape)`` in HF's Conv1D layout (``[in, out]``).
+
+    ``wte`` 50257 x 768, ``wpe`` 1024 x 768, 12 blocks ``h.N.`` of ln / attn.c_attn / attn.c_proj / mlp.c_fc /
+    mlp.c_proj weights and biases, ``ln_f``; ``scale`` multiplies the hidden size, vocabulary and context.
+    """
+    d = max(8, round(768 * scale))
+    vocab = max(16, round(50257 * scale))
+    context = max(8, round(1024 * scale))
+    shapes = [("wte.weight", (vocab, d)), ("wpe.weight", (context, d))]
+    for i in range(layers):
+        block = [("ln_1.weight", (d,)), ("ln_1.bias", (d,)), ("attn.c_attn.weight", (d, 3 * d)),
+                 ("attn.c_attn.bias", (3 * d,)), ("attn.c_proj.weight", (d, d)), ("attn.c_proj.bias", (d,)),
+                 ("ln_2.weight", (d,)), ("ln_2.bias", (d,)), ("mlp.c_fc.weight", (d, 4 * d)),
+                 ("mlp.c_fc.bias", (4 * d,)), ("mlp.c_proj.weight", (4 * d, d)), ("mlp.c_proj.bias", (d,))]
+        shapes += [(f"h.{i}.{name}", shape) for name, shape in block]
+    shapes += [("ln_f.weight", (d,)), ("ln_f.bias", (d,))]
+    return shapes
 
 
 def char_data(path: Path = TINY_SHAKESPEARE, valid_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, int]:

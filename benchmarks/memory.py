@@ -7,11 +7,17 @@ allocated state after a step -- see ``tests/optim/test_adapm.py``). All states f
 AdamW8bit is counted from bitsandbytes' state layout (``Optimizer2State.init_state``, bnb 0.50): a tensor with at
 least ``min_8bit_size = 4096`` elements keeps uint8 ``state1`` / ``state2`` plus one fp32 ``absmax`` per 256-element
 block for each; a smaller tensor keeps two fp32 states. (The 2 x 256-entry fp32 quantisation maps are shared by all
-tensors and left out.) ``--check-bnb`` instantiates ``bnb.optim.AdamW8bit`` on a small model, takes one step on CPU,
-and compares the formula with the bytes of its real state.
+tensors and left out.) The bitsandbytes check (on by default when bitsandbytes is installed; ``--no-check-bnb``
+skips it) instantiates ``bnb.optim.AdamW8bit`` on a small model, takes one step on CPU, and compares the formula
+with the bytes of its real state.
 
-Usage: ``python benchmarks/memory.py [--check-bnb]`` -> prints a table, writes ``benchmarks/results/memory.json``
-and ``memory.png``.
+Targets: AdaPM at rank 16 keeps at most 10 % of AdamW's momentum bytes, and with the compact ("mini") second moment
+at most 10 % of AdamW's whole state.
+
+    python -m benchmarks run memory            # all four models: a few seconds
+    python -m benchmarks run memory --quick    # GPT-2 small only (same numbers for it): ~1 s after imports
+
+Prints a table, writes ``benchmarks/results/memory[_quick].json`` and ``.png`` (``--output-dir`` to change).
 """
 
 from __future__ import annotations
@@ -20,18 +26,20 @@ import argparse
 import json
 import logging
 import math
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks._common import add_common_arguments, write_result  # noqa: E402
 from hf_alphaadam.optim.adapm import optimizer_state_memory  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+logger = logging.getLogger("memory")
 RANKS = (8, 16, 32, 64)
 BNB_BLOCK, BNB_MIN_8BIT = 256, 4096
 
@@ -52,6 +60,7 @@ def models():
 
 
 def bnb_adamw8bit_bytes(numels: list[int]) -> int:
+    """bitsandbytes AdamW8bit's state bytes for tensors of these sizes (see the module docstring)."""
     total = 0
     for n in numels:
         if n < BNB_MIN_8BIT:
@@ -80,9 +89,12 @@ def check_bnb() -> dict:
     return {"real_bytes": real, "formula_bytes": formula, "match": real == formula}
 
 
-def measure() -> dict:
+def measure(names: list[str] | None = None) -> dict:
+    """Per model: parameter count and, per optimizer, momentum / second-moment / total state bytes and ratios."""
     rows = {}
     for name, (cls, config, head_dim) in models().items():
+        if names is not None and name not in names:
+            continue
         with torch.device("meta"):
             model = cls(config)
         numels = [p.numel() for p in model.parameters()]
@@ -143,19 +155,19 @@ def plot(rows: dict, path: Path) -> None:
     axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--check-bnb", action="store_true", help="compare the AdamW8bit formula with bitsandbytes")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    add_common_arguments(parser, "GPT-2 small only (a CI smoke run)")
+    parser.add_argument("--check-bnb", action=argparse.BooleanOptionalAction, default=None,
+                        help="compare the AdamW8bit formula with bitsandbytes (default: when it is installed)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     start = time.time()
-    rows = measure()
+    rows = measure(["gpt2-small"] if args.quick else None)
     result = {
-        "machine": {"node": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__},
         "state_dtype": "float32",
         "models": rows,
         "targets": {
@@ -166,15 +178,56 @@ def main() -> None:
         },
         "seconds": round(time.time() - start, 2),
     }
-    if args.check_bnb:
+    check = args.check_bnb
+    if check is None:
+        try:
+            import bitsandbytes  # noqa: F401
+
+            check = True
+        except ImportError:
+            logger.warning("bitsandbytes is not installed: the AdamW8bit formula is not checked against it")
+            check = False
+    if check:
         result["bnb_check"] = check_bnb()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "memory.json").write_text(json.dumps(result, indent=2))
-    plot(rows, args.out / "memory.png")
+    path = write_result(result, args.output_dir, "memory", args.quick)
+    plot(rows, path.with_suffix(".png"))
+    logger.info("wrote %s", path)
     print(table(rows))
     print("\ntargets (rank 16):", json.dumps(result["targets"], indent=1))
     if "bnb_check" in result:
         print("bitsandbytes AdamW8bit formula check:", result["bnb_check"])
+    return result
+
+
+SHORT = {"gpt2-small": "GPT-2 S", "gpt2-medium": "GPT-2 M", "gpt2-large": "GPT-2 L", "llama-7b": "Llama-7B"}
+
+
+def summary(result: dict) -> list[dict[str, str]]:
+    """README rows: the two rank-16 targets (per model), and bitsandbytes AdamW8bit for reference."""
+    models = result["models"]
+    names = " / ".join(SHORT.get(n, n) for n in models)
+
+    def percents(label: str, key: str) -> str:
+        return " / ".join(f"{100 * e['optimizers'][label][key]:.1f}" for e in models.values()) + " %"
+
+    def verdict(target: str) -> str:
+        met = result["targets"][target]
+        return "meets" if all(met.values()) else "misses (" + ", ".join(n for n, ok in met.items() if not ok) + ")"
+
+    bnb = percents("adamw8bit (bnb)", "total_vs_adamw")
+    check = result.get("bnb_check")
+    return [
+        {"claim": "AdaPM rank 16: momentum <= 10 % of AdamW's",
+         "measured": f"{percents('adapm-r16', 'momentum_vs_adamw')} ({names})",
+         "verdict": verdict("adapm_r16_momentum_le_10pct")},
+        {"claim": "AdaPM rank 16 + compact v: total state <= 10 % of AdamW's",
+         "measured": f"{percents('adapm-r16-mini', 'total_vs_adamw')} ({names})",
+         "verdict": verdict("adapm_r16_mini_total_le_10pct")},
+        {"claim": "reference: bitsandbytes AdamW8bit state vs AdamW's",
+         "measured": f"{bnb} ({names})",
+         "verdict": "formula = real bnb state" if check and check["match"]
+         else "formula not checked" if not check else "formula differs from real bnb state"},
+    ]
 
 
 if __name__ == "__main__":

@@ -1,28 +1,28 @@
 """Optimizer step time of AlphaAdam (every code path, several mask/alpha modes) against torch.optim.AdamW.
 
-The parameters have the shapes of GPT-2 small (124M: wte 50257x768, wpe 1024x768, 12 blocks of ln / c_attn /
-attn c_proj / mlp c_fc / mlp c_proj weights and biases, ln_f), built as plain tensors with random gradients (no
-transformers). ``--scale`` shrinks the hidden size, vocabulary and context (the 12 blocks are kept).
+What is measured: the wall time of ``optimizer.step()`` alone (no forward / backward) on parameters with the
+shapes of GPT-2 small (124M: wte 50257x768, wpe 1024x768, 12 blocks of ln / c_attn / attn c_proj / mlp c_fc /
+mlp c_proj weights and biases, ln_f), built as plain tensors with random gradients (no transformers). ``--scale``
+shrinks the hidden size, vocabulary and context (the 12 blocks are kept).
 
 All optimizers share the parameters, the gradients and (to keep memory at ~2 model copies instead of ~2 per
 optimizer) the ``exp_avg`` / ``exp_avg_sq`` tensors: only step time is measured, and it does not depend on the
 values. Each repetition is one round-robin over the optimizers in a shuffled order, so slow phases of the
-machine hit every optimizer alike; ratios are the median over rounds of the per-round ratio.
+machine hit every optimizer alike; ratios are the median over rounds of the per-round ratio. The target is
+AlphaAdam's default step (``mask="async", alpha="norm"``, foreach) within 1.10x of AdamW's foreach step.
 
-    python benchmarks/step_time.py                 # full GPT-2 small (a few minutes on 2 cores)
-    python benchmarks/step_time.py --quick         # scale 1/16, few rounds: < 60 s (without --compiled)
+    python -m benchmarks run step_time             # full GPT-2 small (a few minutes on 2 cores)
+    python -m benchmarks run step_time --scale 0.5 # what benchmarks/results/step_time.json holds
+    python -m benchmarks run step_time --quick     # scale 1/16, 3 rounds, 1 thread, no compiled path: ~10 s
 
-Writes ``benchmarks/results/step_time.json`` and ``step_time.png`` (``--output-dir`` to change).
+Writes ``benchmarks/results/step_time[_quick].json`` and ``.png`` (``--output-dir`` to change).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
-import os
-import platform
 import random
 import statistics
 import sys
@@ -37,6 +37,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks._common import (add_common_arguments, gpt2_small_named_shapes, machine_info,  # noqa: E402
+                                set_threads, write_result)
 from hf_alphaadam.optim.alphaadam import AlphaAdam  # noqa: E402
 
 # the module itself (``hf_alphaadam.optim.alphaadam`` as an attribute is the function the package re-exports)
@@ -46,30 +48,14 @@ logger = logging.getLogger("step_time")
 
 BASELINE = "AdamW foreach"
 FUSED = "AdamW fused"
+DEFAULT = "AlphaAdam async+norm foreach"  # AlphaAdam's defaults (mask="async", alpha="norm") on its default path
+COMPILED = "AlphaAdam async+norm compiled"  # the same with fused=True (torch.compile'd kernels)
+TARGET = 1.10  # AlphaAdam's default step within 10 % of AdamW foreach's
 
 
 def gpt2_small_shapes(scale: float = 1.0, layers: int = 12) -> list[tuple[int, ...]]:
     """Parameter shapes of GPT-2 small (HF Conv1D layout: ``[in, out]``), dims multiplied by ``scale``."""
-    d = max(8, round(768 * scale))
-    vocab = max(16, round(50257 * scale))
-    context = max(8, round(1024 * scale))
-    shapes: list[tuple[int, ...]] = [(vocab, d), (context, d)]
-    for _ in range(layers):
-        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,), (d,), (d,), (d, 4 * d), (4 * d,), (4 * d, d), (d,)]
-    shapes += [(d,), (d,)]
-    return shapes
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    return [shape for _, shape in gpt2_small_named_shapes(scale, layers)]
 
 
 @contextlib.contextmanager
@@ -153,8 +139,8 @@ def timed_step(optimizer: torch.optim.Optimizer, context: Callable) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads, args.quick)
+    machine = machine_info()  # before the run: its load average is the one at the start
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(args.seed)
     shapes = gpt2_small_shapes(args.scale, args.layers)
@@ -202,8 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if name.endswith("compiled"):
             entry["compile_s_estimate"] = first_step[name] - entry["median_s"]
         results[name] = entry
-    return {"machine": machine_info(),
-            "settings": {"scale": args.scale, "layers": args.layers, "dtype": args.dtype, "reps": args.reps,
+    return {"machine": machine, "settings": {"scale": args.scale, "layers": args.layers, "dtype": args.dtype, "reps": args.reps,
                          "warmup": args.warmup, "seed": args.seed, "tensors": len(params), "numel": numel,
                          "order": "round-robin, shuffled each round", "shared_state": True},
             "optimizers": results}
@@ -257,7 +242,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--reps", type=int, default=15, help="interleaved rounds after warm-up")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up steps per optimizer (first compiles)")
-    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave; quick: 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--optimizers", default="", help="comma-separated names (default: see --compiled etc.)")
     parser.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=True,
@@ -265,16 +250,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--loop", action=argparse.BooleanOptionalAction, default=True,
                         help="include the for-loop paths (AdamW foreach=False, AlphaAdam reference)")
     parser.add_argument("--all-modes", action="store_true", help="also async+count, sync+norm, async+none")
-    parser.add_argument("--quick", action="store_true",
-                        help="scale 1/16, 5 rounds, 1 warm-up step, no compiled path: a CI smoke run (< 60 s)")
+    add_common_arguments(parser, "scale 1/16, 3 rounds, 1 warm-up step, 1 thread, no compiled path: a CI smoke "
+                                 "run (~10 s)")
     parser.add_argument("--progress", action="store_true", help="tqdm bar even when stderr is not a terminal")
-    parser.add_argument("--output-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--name", default="step_time", help="file stem of the outputs")
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
         args.scale = min(args.scale, 1 / 16)
-        args.reps = min(args.reps, 5)
+        args.reps = min(args.reps, 3)
         args.warmup = 1
         if "--compiled" not in (argv if argv is not None else sys.argv):
             args.compiled = False
@@ -285,14 +269,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     report = run(args)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    json_path = args.output_dir / f"{args.name}.json"
-    json_path.write_text(json.dumps(report, indent=1) + "\n")
+    json_path = write_result(report, args.output_dir, args.name, args.quick)
     if not args.no_plot:
-        write_plot(report, args.output_dir / f"{args.name}.png")
+        write_plot(report, json_path.with_suffix(".png"))
     logger.info("wrote %s", json_path)
     print_table(report)
     return report
+
+
+def summary(result: dict[str, Any]) -> list[dict[str, str]]:
+    """README rows: AlphaAdam's default step against the 1.10x target, and its compiled (``fused=True``) path."""
+    optimizers, settings = result["optimizers"], result["settings"]
+    size = f"{settings['numel'] / 1e6:.1f}M params {settings['dtype']}, {settings['reps']} interleaved rounds"
+    rows = []
+    if DEFAULT in optimizers and "ratio_vs_adamw_foreach" in optimizers[DEFAULT]:
+        ratio = optimizers[DEFAULT]["ratio_vs_adamw_foreach"]
+        rows.append({"claim": f"AlphaAdam default step (foreach) <= {TARGET:.2f}x AdamW foreach",
+                     "measured": f"{ratio:.2f}x ({size})",
+                     "verdict": "meets" if ratio <= TARGET else "misses"})
+    if COMPILED in optimizers:
+        entry = optimizers[COMPILED]
+        ratio = entry["ratio_vs_adamw_foreach"]
+        fused = entry.get("ratio_vs_adamw_fused")
+        measured = f"{ratio:.2f}x AdamW foreach" + (f", {fused:.2f}x fused AdamW" if fused is not None else "")
+        compile_s = entry.get("compile_s_estimate")
+        if compile_s is not None:
+            measured += f"; first step (compiles) {entry['first_step_s']:.0f} s"
+        rows.append({"claim": f"AlphaAdam fused=True (torch.compile'd) <= {TARGET:.2f}x AdamW foreach",
+                     "measured": measured, "verdict": "meets" if ratio <= TARGET else "misses"})
+    if not rows:  # a run with --optimizers of its own choosing
+        rows = [{"claim": f"{name} step vs AdamW foreach", "measured": f"{entry['ratio_vs_adamw_foreach']:.2f}x",
+                 "verdict": "measured"} for name, entry in optimizers.items() if "ratio_vs_adamw_foreach" in entry]
+    return rows
 
 
 if __name__ == "__main__":
