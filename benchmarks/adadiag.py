@@ -3,72 +3,50 @@
 Not a test. Two parts, written to ``benchmarks/results/adadiag[_quick].json`` and ``.png``:
 
 1. Sample efficiency: a Llama built from a config (~0.8M parameters, char-level, untied embeddings) trained on
-   Tiny Shakespeare (``/work/shared/data/tinyshakespeare/input.txt``) with AdamW, AdaDiag (one-sided) and
-   AdaDiag++ (two-sided) at a couple of learning rates, same data order, warm-up + cosine schedule. Reported: the
-   validation curve, and the steps each run needs to reach the final validation loss of the best AdamW run
-   (the paper claims 1.8-2x fewer steps than Adam for LLaMA pretraining; its sizes and steps are far larger).
+   Tiny Shakespeare (``../shared/data/tinyshakespeare/input.txt``, see ``_common.TINY_SHAKESPEARE``) with AdamW,
+   AdaDiag (one-sided) and AdaDiag++ (two-sided) at a couple of learning rates, same data order, warm-up + cosine
+   schedule. Reported: the validation curve, and the steps each run needs to reach the final validation loss of
+   the best AdamW run (the paper claims 1.8-2x fewer steps than Adam for LLaMA pretraining; its sizes and steps
+   are far larger).
 2. Overhead: time of ``optimizer.step()`` alone (fixed gradients) for AdamW and for AdaDiag / AdaDiag++ at
    ``update_freq`` 1, 10, 50, 200, measured in interleaved chunks so that machine load hits all alike; the mean
    over 200 steps includes exactly 200 / T refreshes. A forward + backward of the same model is timed for scale.
 
 Usage::
 
-    python benchmarks/adadiag.py            # ~15 minutes on 2 (shared) CPU cores
-    python benchmarks/adadiag.py --quick    # ~2 minutes, smaller model and fewer steps
+    python -m benchmarks run adadiag            # ~15 minutes on 2 (shared) CPU cores
+    python -m benchmarks run adadiag --quick    # ~15 s after imports: a 30k-parameter model, 30 steps, one lr
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
-import platform
+import logging
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from hf_alphaadam import AdaDiag
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
 
-DATA = Path("/work/shared/data/tinyshakespeare/input.txt")
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks._common import (add_common_arguments, batches, char_data, lm_loss, machine_info,  # noqa: E402
+                                tiny_llama, warmup_cosine, write_result)
+from hf_alphaadam import AdaDiag  # noqa: E402
+
+logger = logging.getLogger("adadiag")
 # AdaDiag / AdaDiag++ with the default rotated moments, and AdaDiag++ with SOAP-style moments in the original space
 OPTIMIZERS = ("adamw", "adadiag", "adadiag++", "adadiag++/original")
+PAPER_SPEEDUP = 1.8  # the paper's 1.8-2x fewer steps than Adam
 
 
-def load_data():
-    text = DATA.read_text(encoding="utf-8")
-    chars = sorted(set(text))
-    index = {c: i for i, c in enumerate(chars)}
-    data = torch.tensor([index[c] for c in text], dtype=torch.long)
-    split = int(0.9 * len(data))
-    return data[:split], data[split:], len(chars)
-
-
-def batches(data: torch.Tensor, count: int, batch_size: int, context: int, seed: int):
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(count):
-        starts = torch.randint(0, len(data) - context - 1, (batch_size,), generator=generator)
-        yield torch.stack([data[s:s + context + 1] for s in starts.tolist()])
-
-
-def build_model(vocab: int, quick: bool, context: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    hidden, layers = (64, 2) if quick else (128, 4)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=int(2.75 * hidden),
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
-                         max_position_embeddings=context + 1, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config)
-
-
-def loss_of(model, batch):
-    """Mean next-character cross-entropy (nats) over a ``[batch, context + 1]`` window."""
-    logits = model(input_ids=batch[:, :-1]).logits.float()
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].reshape(-1))
+def build_model(vocab: int, args):
+    """The benchmark's Llama: hidden 128 / 4 layers (quick: 32 / 2), 4 heads, seeded."""
+    hidden, layers = (32, 2) if args.quick else (128, 4)
+    return tiny_llama(vocab, hidden=hidden, layers=layers, heads=4, context=args.context, seed=0)
 
 
 def make_optimizer(name: str, model, lr: float, args, update_freq: int = 10, foreach=None):
@@ -82,25 +60,24 @@ def make_optimizer(name: str, model, lr: float, args, update_freq: int = 10, for
 
 
 def train_run(name, lr, args, train, valid, vocab):
-    model = build_model(vocab, args.quick, args.context)
+    """One training run: the validation curve (every ``eval_every`` steps, fixed batches) and the wall time."""
+    model = build_model(vocab, args)
     optimizer = make_optimizer(name, model, lr, args)
-    warmup = max(1, args.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
+    schedule = warmup_cosine(optimizer, args.steps)
     valid_batches = list(batches(valid, args.eval_batches, args.batch_size, args.context, seed=123))
     curve, start = [], time.perf_counter()
 
     def evaluate(step):
         model.eval()
         with torch.no_grad():
-            value = sum(loss_of(model, b).item() for b in valid_batches) / len(valid_batches)
+            value = sum(lm_loss(model, b).item() for b in valid_batches) / len(valid_batches)
         model.train()
         curve.append((step, value))
 
     evaluate(0)
     for step, batch in enumerate(batches(train, args.steps, args.batch_size, args.context, seed=1), start=1):
         optimizer.zero_grad(set_to_none=True)
-        loss_of(model, batch).backward()
+        lm_loss(model, batch).backward()
         optimizer.step()
         schedule.step()
         if step % args.eval_every == 0 or step == args.steps:
@@ -117,18 +94,20 @@ def steps_to(curve, target):
 
 
 def overhead(args, train, vocab):
-    model = build_model(vocab, args.quick, args.context)
+    """``optimizer.step()`` time per config on fixed gradients, interleaved in chunks; forward + backward for scale."""
+    model = build_model(vocab, args)
     batch = next(batches(train, 1, args.batch_size, args.context, seed=2))
     fwd_bwd = []
     for _ in range(6):
         model.zero_grad(set_to_none=True)
         start = time.perf_counter()
-        loss_of(model, batch).backward()
+        lm_loss(model, batch).backward()
         fwd_bwd.append(time.perf_counter() - start)
     configs = [("adamw", 1)] + [(name, t) for name in ("adadiag", "adadiag++") for t in (1, 10, 50, 200)]
     optimizers = {c: make_optimizer(c[0], model, 1e-6, args, update_freq=c[1]) for c in configs}
     times = {c: [] for c in configs}
-    chunk, total = 25, args.overhead_steps
+    total = args.overhead_steps
+    chunk = min(25, total)
     for _ in range(total // chunk):  # interleaved: machine load is shared alike
         for config in configs:
             optimizer = optimizers[config]
@@ -155,12 +134,6 @@ def overhead(args, train, vocab):
         entry["vs_adamw"] = entry["mean_step_ms"] / adamw
         entry["share_of_train_step"] = entry["mean_step_ms"] / (entry["mean_step_ms"] + result["forward_backward_ms"])
     return result
-
-
-def machine():
-    return {"node": platform.node(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "load_average_start": os.getloadavg()}
 
 
 def plot(result, path):
@@ -192,36 +165,39 @@ def plot(result, path):
     right.set_title("step cost vs update_freq (dashed: forward+backward)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
-def main():
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
+    add_common_arguments(parser, "smoke run: hidden 32 / 2 layers, context 32, 30 steps at lr 3e-3, 10 timed "
+                                 "steps per overhead config")
     parser.add_argument("--lrs", type=float, nargs="+", default=None)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared 2-core machine more threads oversubscribe)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    args.context = 64
-    args.batch_size = 16
-    args.steps = 100 if args.quick else 300
-    args.eval_every = 20 if args.quick else 25
-    args.eval_batches = 4 if args.quick else 8
-    args.overhead_steps = 50 if args.quick else 200  # quick: T=200 then never refreshes past step 1
+    args.context = 32 if args.quick else 64
+    args.batch_size = 8 if args.quick else 16
+    args.steps = 30 if args.quick else 300
+    args.eval_every = 10 if args.quick else 25
+    args.eval_batches = 2 if args.quick else 8
+    args.overhead_steps = 10 if args.quick else 200  # quick: T=50 and T=200 refresh once, at the first step
     lrs = args.lrs or ([3e-3] if args.quick else [1e-3, 3e-3])
-    train, valid, vocab = load_data()
-    result = {"benchmark": "adadiag", "machine": machine(), "quick": args.quick,
+    train, valid, vocab = char_data()
+    result = {"benchmark": "adadiag", "machine": machine_info(), "quick": args.quick,
               "settings": {"context": args.context, "batch_size": args.batch_size, "steps": args.steps,
                            "lrs": lrs, "betas": [0.9, 0.95], "weight_decay": 0.1, "update_freq": 10,
                            "schedule": "linear warm-up (5%) + cosine to 0", "eval_every": args.eval_every,
                            "eval_batches": args.eval_batches}}
-    result["model_parameters"] = sum(p.numel() for p in build_model(vocab, args.quick, args.context).parameters())
+    result["model_parameters"] = sum(p.numel() for p in build_model(vocab, args).parameters())
     runs = []
     for lr in lrs:  # the optimizers of one lr run back to back, so load changes hit them alike
         for name in OPTIMIZERS:
             run = train_run(name, lr, args, train, valid, vocab)
-            print(f"{name:10s} lr={lr:g}: final {run['final']:.4f} best {run['best']:.4f} ({run['seconds']:.0f}s)",
-                  flush=True)
+            logger.info("%-18s lr=%g: final %.4f best %.4f (%.0f s)", name, lr, run["final"], run["best"],
+                        run["seconds"])
             runs.append(run)
     result["runs"] = runs
     best_adamw = min((r for r in runs if r["optimizer"] == "adamw"), key=lambda r: r["final"])
@@ -230,19 +206,50 @@ def main():
     for run in runs:
         run["steps_to_target"] = steps_to(run["curve"], result["target"])
         run["speedup_vs_best_adamw"] = (adamw_steps / run["steps_to_target"]) if run["steps_to_target"] else None
-        print(f"{run['optimizer']:10s} lr={run['lr']:g}: steps to {result['target']:.4f}: {run['steps_to_target']} "
+        print(f"{run['optimizer']:18s} lr={run['lr']:g}: steps to {result['target']:.4f}: {run['steps_to_target']} "
               f"(speed-up {run['speedup_vs_best_adamw']})", flush=True)
     result["overhead"] = overhead(args, train, vocab)
     for entry in result["overhead"]["configs"]:
         print(f"{entry['optimizer']:10s} T={entry['update_freq']}: {entry['mean_step_ms']:.1f} ms/step "
               f"({entry['vs_adamw']:.1f}x AdamW), refresh step {entry['mean_refresh_step_ms']}", flush=True)
     print(f"forward+backward: {result['overhead']['forward_backward_ms']:.1f} ms", flush=True)
-    result["machine"]["load_average_end"] = os.getloadavg()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "adadiag_quick" if args.quick else "adadiag"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1))
-    plot(result, RESULTS / f"{stem}.png")
-    print(f"wrote {RESULTS / stem}.json / .png")
+    path = write_result(result, args.output_dir, "adadiag", args.quick)
+    plot(result, path.with_suffix(".png"))
+    logger.info("wrote %s and .png", path)
+    return result
+
+
+NAMES = {"adadiag": "AdaDiag", "adadiag++": "AdaDiag++", "adadiag++/original": "AdaDiag++ moment_space=\"original\""}
+
+
+def summary(result: dict) -> list[dict[str, str]]:
+    """README rows: per AdaDiag variant, its best speed-up to the best AdamW's final loss; the refresh cost at T=10."""
+    settings = result["settings"]
+    scale = (f"{result['model_parameters'] / 1e6:.2f}M Llama, {settings['steps']} steps, 1 seed, "
+             f"target {result['target']:.3f}")
+    rows = []
+    for name, label in NAMES.items():
+        runs = [r for r in result["runs"] if r["optimizer"] == name]
+        if not runs:
+            continue
+        per_lr = "; ".join(f"lr {r['lr']:g}: " + (f"{r['steps_to_target']} steps ({r['speedup_vs_best_adamw']:.2f}x)"
+                                                   if r["steps_to_target"] else "never")
+                           for r in runs)
+        best = max((r["speedup_vs_best_adamw"] or 0.0) for r in runs)
+        verdict = ("meets" if best >= PAPER_SPEEDUP else
+                   f"misses (faster than AdamW, below {PAPER_SPEEDUP}x)" if best > 1 else
+                   "misses (not faster than AdamW)" if best > 0 else "misses (never reaches AdamW's loss)")
+        rows.append({"claim": f"{label} reaches AdamW's best loss in {PAPER_SPEEDUP}-2x fewer steps (paper)",
+                     "measured": f"{per_lr} ({scale})", "verdict": verdict})
+    overhead = result["overhead"]
+    at_10 = {c["optimizer"]: c for c in overhead["configs"] if c["update_freq"] == 10}
+    if at_10:
+        measured = ", ".join(f"{NAMES[n]} {c['vs_adamw']:.1f}x AdamW's step ({100 * c['share_of_train_step']:.0f} % "
+                             "of a training step)" for n, c in at_10.items())
+        rows.append({"claim": "cost of the eigenbasis refresh at the default update_freq=10 (no target)",
+                     "measured": f"{measured}; forward+backward {overhead['forward_backward_ms']:.0f} ms",
+                     "verdict": "cost noted"})
+    return rows
 
 
 if __name__ == "__main__":
