@@ -5,7 +5,8 @@
     python -m benchmarks run all --quick               # every benchmark's smoke run (what CI does)
     python -m benchmarks summarize                     # rewrite the table in benchmarks/README.md from results/
 
-Each benchmark writes ``benchmarks/results/<name>.json`` (``<name>_quick.json`` with ``--quick``) and a PNG.
+Each benchmark writes ``benchmarks/results/<name>.json`` (``<name>_quick.json`` with ``--quick``) and a PNG;
+``--output-dir DIR`` writes them elsewhere. ``benchmarks/README.md`` describes the suite.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ BENCHMARKS = ("step_time", "memory", "ablation", "glue", "callback_overhead", "t
 
 
 def load(name: str):
+    """The module ``benchmarks.<name>`` of a benchmark in :data:`BENCHMARKS`."""
     if name not in BENCHMARKS:
         raise SystemExit(f"unknown benchmark {name!r}; the benchmarks are: {', '.join(BENCHMARKS)}")
     return importlib.import_module(f"benchmarks.{name}")
@@ -54,12 +56,15 @@ def main(argv: list[str] | None = None) -> None:
         names = BENCHMARKS if args.name == "all" else (args.name,)
         for name in names:
             started = time.perf_counter()
-            load(name).main(list(args.options))
-            logging.getLogger("benchmarks").info("%s took %.0f s", name, time.perf_counter() - started)
+            module = load(name)
+            imported = time.perf_counter()
+            module.main(list(args.options))
+            logging.getLogger("benchmarks").info("%s took %.0f s (%.0f s of it importing)", name,
+                                                 time.perf_counter() - started, imported - started)
     else:
-        from benchmarks.summarize import write_summary
+        from benchmarks.summarize import import_benchmarks, write_summary
 
-        write_summary(args.results, args.readme, {name: load(name) for name in BENCHMARKS})
+        print(write_summary(args.results, args.readme, import_benchmarks(BENCHMARKS)))
 
 
 if __name__ == "__main__":

@@ -180,12 +180,13 @@ def summary(result: dict) -> list[dict[str, str]]:
     for name, value in results.items():
         if name == "adamw":
             continue
+        label = "AdaPM (default policy)" if name == "adapm" else name
         gap = value["final_val_loss"] / adamw["final_val_loss"] - 1
-        rows.append({"claim": f"{name}: validation loss within {TARGET_GAP:.0%} of AdamW's",
+        rows.append({"claim": f"{label}: validation loss within {TARGET_GAP:.0%} of AdamW's",
                      "measured": f"{value['final_val_loss']:.4f} vs {adamw['final_val_loss']:.4f} ({gap:+.2%}; "
                                  f"{scale})",
                      "verdict": "meets" if gap <= TARGET_GAP else "misses"})
-        rows.append({"claim": f"{name}: optimizer state on this model (no target)",
+        rows.append({"claim": f"{label}: optimizer state on this model (no target)",
                      "measured": f"{value['state_bytes'] / 2**20:.2f} MiB = "
                                  f"{value['state_bytes'] / adamw['state_bytes']:.1%} of AdamW's "
                                  f"{adamw['state_bytes'] / 2**20:.2f} MiB",

@@ -259,7 +259,7 @@ def summary(result: dict) -> list[dict[str, str]]:
     opt = bench["optimizers"]
     eight, bnb, full = opt["AlphaAdam 8-bit"], opt["bnb AdamW8bit"], opt["AlphaAdam 32-bit"]
     shapes = (f"GPT-2 small shapes x{result['scale']:g}, {bench['num_params'] / 1e6:.1f}M params"
-              + (" (quick run)" if result.get("quick") else ""))
+              + ("; quick run" if result.get("quick") else ""))
     state_gap = eight["state_bytes"] / bnb["state_bytes"] - 1
     curves = lm["curves"]
     valid_gap = curves["8-bit"]["valid_loss"] / curves["32-bit"]["valid_loss"] - 1

@@ -280,7 +280,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def summary(result: dict[str, Any]) -> list[dict[str, str]]:
     """README rows: AlphaAdam's default step against the 1.10x target, and its compiled (``fused=True``) path."""
     optimizers, settings = result["optimizers"], result["settings"]
-    size = f"{settings['numel'] / 1e6:.1f}M params {settings['dtype']}, {settings['reps']} interleaved rounds"
+    size = (f"GPT-2 small shapes x{settings['scale']:g}: {settings['numel'] / 1e6:.1f}M params {settings['dtype']}, "
+            f"{settings['reps']} interleaved rounds")
     rows = []
     if DEFAULT in optimizers and "ratio_vs_adamw_foreach" in optimizers[DEFAULT]:
         ratio = optimizers[DEFAULT]["ratio_vs_adamw_foreach"]
