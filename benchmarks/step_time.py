@@ -188,7 +188,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if name.endswith("compiled"):
             entry["compile_s_estimate"] = first_step[name] - entry["median_s"]
         results[name] = entry
-    return {"machine": machine, "settings": {"scale": args.scale, "layers": args.layers, "dtype": args.dtype, "reps": args.reps,
+    return {"machine": machine,
+            "settings": {"scale": args.scale, "layers": args.layers, "dtype": args.dtype, "reps": args.reps,
                          "warmup": args.warmup, "seed": args.seed, "tensors": len(params), "numel": numel,
                          "order": "round-robin, shuffled each round", "shared_state": True},
             "optimizers": results}
