@@ -121,13 +121,17 @@ def _kernel(name: str) -> Callable[..., Tensor | None]:
 
 def _run(name: str, *args: Tensor) -> Tensor | None:
     """Call kernel ``name``; the first call for a dtype / device combination compiles it on a large dummy."""
+    _ensure_compiled(name, args)
+    return _kernel(name)(*args)
+
+
+def _ensure_compiled(name: str, args: tuple[Tensor, ...]) -> None:
     key = (name,) + tuple((t.dtype, t.device) for t in args)
     if key not in _WARM:
         with _LOCK:
             if key not in _WARM:
                 _warm_up(name, args)
                 _WARM.add(key)
-    return _kernel(name)(*args)
 
 
 def _warm_up(name: str, args: tuple[Tensor, ...]) -> None:
@@ -141,6 +145,38 @@ def _warm_up(name: str, args: tuple[Tensor, ...]) -> None:
     _kernel(name)(*dummies)
     logger.debug("compiled AlphaAdam kernel %s for %s in %.1f s", name,
                  [str(t.dtype).removeprefix("torch.") for t in args], time.perf_counter() - started)
+
+
+# why the compiled path is off in this process (fused=None falls back to foreach), once compiling failed
+_DISABLED: str | None = None
+
+
+def usable(example: Tensor) -> bool:
+    """Whether ``fused=None`` may use the compiled kernels for tensors like ``example``."""
+    return (_DISABLED is None and example.device.type in ("cpu", "cuda") and not torch.compiler.is_compiling()
+            and example.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64))
+
+
+def disable(error: BaseException) -> None:
+    """Turn the compiled path off for this process after a failed compilation (logged once)."""
+    global _DISABLED
+    if _DISABLED is None:
+        logger.warning("AlphaAdam: compiling the fused step failed (%s: %s); using the foreach path. Pass "
+                       "fused=False to skip the attempt, or fused=True to see the error.", type(error).__name__,
+                       str(error).splitlines()[0] if str(error) else "")
+    _DISABLED = f"{type(error).__name__}: {error}"
+
+
+def prepare(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], *,
+            mask: str, alpha: str) -> None:
+    """Compile, now, every kernel a step over these tensors will call (raises if compilation fails)."""
+    names = ["apply"] + ([] if mask == "none" else ["sums_norm" if alpha == "norm" else "sums_count"])
+    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+        table = torch.ones(_N_PRE, dtype=compute_dtype(p), device=p.device)
+        arguments = {"apply": (p, g, m, v, table, table[:3]), "sums_norm": (m, v, g, table),
+                     "sums_count": (m, g, table)}
+        for name in names:
+            _ensure_compiled(name, arguments[name])
 
 
 def _rows(table: Tensor) -> list[Tensor]:

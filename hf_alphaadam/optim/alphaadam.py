@@ -19,9 +19,13 @@ Per parameter tensor ``p`` with gradient ``g`` at step ``t`` (element-wise; ``bc
     p   = p * (1 - lr * weight_decay)             # decoupled weight decay, first
     p   = p - lr * alpha * (phi * u)
 
-Two code paths with one signature, :func:`alphaadam`: ``_single_tensor_alphaadam`` is the plain per-tensor
-reference (the test oracle) and ``_multi_tensor_alphaadam`` the ``torch._foreach_*`` path, grouped by device
-and dtype, that is the default.
+Three code paths with one signature, :func:`alphaadam`: ``_single_tensor_alphaadam`` is the plain per-tensor
+reference (the test oracle), ``_multi_tensor_alphaadam`` the ``torch._foreach_*`` path, grouped by device and
+dtype, and ``_compiled_alphaadam`` (``_compiled.py``) two ``torch.compile``d passes over memory per tensor. By
+default (``fused=None``) a param group whose tensors hold at least ``AUTO_COMPILE_MIN_NUMEL`` elements takes the
+compiled path (the only one that beats AdamW's foreach step: an exact AlphaAdam step needs a per-tensor reduction
+before the update, which eager ops pay for with extra passes and temporaries); smaller groups, where a one-off
+compilation of tens of seconds would outweigh the saving, take the foreach path.
 """
 
 from __future__ import annotations
@@ -45,6 +49,14 @@ __all__ = ["AlphaAdam", "alphaadam"]
 
 # (positions within the lists passed to the functional core, alpha [n], mask ratio [n])
 StatisticsBucket = tuple[list[int], Tensor, Tensor]
+
+# fused=None compiles a param group's step when its tensors hold at least this many elements in all (GPT-2 small
+# has 124M; the test-sized models of this project stay below it and never compile)
+AUTO_COMPILE_MIN_NUMEL = 1 << 24
+# inside a compiled step, tensors with fewer elements take the foreach path: each compiled call costs ~0.5 ms of
+# Python / guard overhead, more than a small tensor's whole update. Routed by the whole (unsharded) tensor's size,
+# so that every rank of a sharded run splits its tensors, and issues its collectives, alike.
+COMPILE_MIN_NUMEL = 1 << 16
 
 
 class AlphaAdam(StatisticsMixin, Optimizer):
@@ -70,11 +82,15 @@ class AlphaAdam(StatisticsMixin, Optimizer):
             parameters and in the parameter's dtype otherwise; ``torch.bfloat16`` (or ``"bf16"``) halves their
             memory. The math always runs in fp32 (fp64 for fp64 parameters).
         foreach: ``True`` for the multi-tensor path, ``False`` for the per-tensor reference loop; ``None``
-            (default) picks the multi-tensor path.
+            (default) picks the multi-tensor path, or the compiled one under ``fused=None``.
         maximize: maximize the objective instead of minimizing it.
-        fused: ``True`` runs each tensor's step as two ``torch.compile``d kernels (a reduction pass, then the
-            update pass: about 10 reads/writes per element instead of ~35 for the foreach path). The first step
-            compiles (tens of seconds on CPU); tested equal to the reference loop. Default ``False``.
+        fused: ``True`` runs each tensor of at least ``COMPILE_MIN_NUMEL`` (65536) elements as two
+            ``torch.compile``d kernels (a reduction pass, then the update pass: about 10 reads/writes per element
+            instead of ~35 for the foreach path; smaller tensors take the foreach path). The first step compiles
+            (tens of seconds on a CPU, cached on disk by inductor for later processes); tested equal to the
+            reference loop. ``None`` (default, with ``foreach=None``): the same for a param group of at least
+            ``AUTO_COMPILE_MIN_NUMEL`` (2^24) elements when ``torch.compile`` works here, else the foreach path;
+            if compiling fails, a warning is logged once and the foreach path is used. ``False``: never compile.
         partition_group: the process group over which flat-partition groups (groups with a ``whole_numel``
             entry, as the Trainer plugin builds them for DeepSpeed ZeRO) add their per-tensor sums; ``None`` is
             the default group. Not saved in ``state_dict()``.
@@ -116,7 +132,7 @@ class AlphaAdam(StatisticsMixin, Optimizer):
         foreach: bool | None = None,
         maximize: bool = False,
         partition_group: Any = None,
-        fused: bool = False,
+        fused: bool | None = None,
         state_bits: int = 32,
         min_8bit_size: int = _quantized.MIN_8BIT_SIZE,
         quantize_embeddings: bool = False,
@@ -149,8 +165,8 @@ class AlphaAdam(StatisticsMixin, Optimizer):
             raise TypeError(f"foreach must be True, False or None, got {group['foreach']!r}")
         if not isinstance(group["maximize"], bool):
             raise TypeError(f"maximize must be a bool, got {group['maximize']!r}")
-        if not isinstance(group["fused"], bool):
-            raise TypeError(f"fused must be a bool, got {group['fused']!r}")
+        if group["fused"] not in (None, True, False):
+            raise TypeError(f"fused must be True, False or None, got {group['fused']!r}")
         if isinstance(group["state_bits"], bool) or group["state_bits"] not in _quantized.STATE_BITS:
             raise ValueError(f"state_bits must be 32 or 8, got {group['state_bits']!r}")
         min_8bit_size = group["min_8bit_size"]
@@ -347,7 +363,7 @@ def alphaadam(
     state_steps: list[Tensor],
     *,
     foreach: bool | None = None,
-    fused: bool = False,
+    fused: bool | None = None,
     lr: float | Tensor,
     beta1: float,
     beta2: float,
@@ -367,18 +383,73 @@ def alphaadam(
     adds the local ``[k, 3]`` sums of the tensors at ``indices`` over their shards (see ``_sharding.py``).
     Returns the per-tensor statistics as ``(positions, alpha, mask_ratio)`` buckets, ``positions`` indexing
     the input lists.
-    """
-    if foreach is None:
-        foreach = True
-    if fused:
-        from ._compiled import _compiled_alphaadam  # imports torch.compile machinery only when asked for
 
-        func = _compiled_alphaadam
-    else:
-        func = _multi_tensor_alphaadam if foreach else _single_tensor_alphaadam
-    return func(params, grads, exp_avgs, exp_avg_sqs, state_steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                weight_decay=weight_decay, mask=mask, alpha=alpha, alpha_max=alpha_max, first_step=first_step,
-                maximize=maximize, numels=numels, reduce_sums=reduce_sums)
+    Path: ``fused=True`` the compiled kernels (small tensors foreach), ``foreach=False`` the reference loop,
+    ``foreach=True`` the foreach path; with both ``None`` the compiled kernels for a list of at least
+    ``AUTO_COMPILE_MIN_NUMEL`` elements where ``torch.compile`` works, else foreach.
+    """
+    options = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, mask=mask, alpha=alpha,
+                   alpha_max=alpha_max, first_step=first_step, maximize=maximize)
+    tensors = (params, grads, exp_avgs, exp_avg_sqs, state_steps)
+    whole_numels = numels if numels is not None else [p.numel() for p in params]
+    if fused is None and foreach is None and sum(whole_numels) >= AUTO_COMPILE_MIN_NUMEL and params:
+        fused = _compiled_step_ready(tensors, whole_numels, mask, alpha)
+    if fused:
+        return _fused_alphaadam(*tensors, whole_numels=whole_numels, numels=numels, reduce_sums=reduce_sums,
+                                **options)
+    func = _single_tensor_alphaadam if foreach is False else _multi_tensor_alphaadam
+    return func(*tensors, numels=numels, reduce_sums=reduce_sums, **options)
+
+
+def _compiled_step_ready(tensors: tuple[list[Tensor], ...], whole_numels: list[int], mask: str, alpha: str) -> bool:
+    """For ``fused=None``: whether the compiled kernels can serve this step, compiling them now if needed.
+
+    Compiling happens before anything is updated, so a failure (no C++ compiler, an unsupported platform or
+    dtype) falls back to the foreach path for this and every later step, with one warning.
+    """
+    from . import _compiled  # imports the torch.compile machinery only for groups that may use it
+
+    if not _compiled.usable(tensors[0][0]):
+        return False
+    large = [i for i, n in enumerate(whole_numels) if n >= COMPILE_MIN_NUMEL]
+    try:
+        _compiled.prepare(*[[local(values[i]) for i in large] for values in tensors[:4]], mask=mask, alpha=alpha)
+    except Exception as error:  # noqa: BLE001 - any compilation failure: train on with the eager foreach path
+        _compiled.disable(error)
+        return False
+    return True
+
+
+def _fused_alphaadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    whole_numels: list[int],
+    numels: list[int] | None,
+    reduce_sums: SumsReducer | None,
+    **options: Any,
+) -> list[StatisticsBucket]:
+    """The compiled kernels for tensors of at least ``COMPILE_MIN_NUMEL`` elements, the foreach path for the rest."""
+    from ._compiled import _compiled_alphaadam
+
+    small = [i for i, n in enumerate(whole_numels) if n < COMPILE_MIN_NUMEL]
+    large = [i for i, n in enumerate(whole_numels) if n >= COMPILE_MIN_NUMEL]
+    buckets: list[StatisticsBucket] = []
+    for indices, func in ((small, _multi_tensor_alphaadam), (large, _compiled_alphaadam)):
+        if not indices:
+            continue
+        sub_reduce = None
+        if reduce_sums is not None:
+            sub_reduce = (lambda sums, at, indices=indices: reduce_sums(sums, [indices[k] for k in at]))
+        sub_buckets = func(*[[values[i] for i in indices] for values in (params, grads, exp_avgs, exp_avg_sqs,
+                                                                          state_steps)],
+                           numels=[numels[i] for i in indices] if numels is not None else None,
+                           reduce_sums=sub_reduce, **options)
+        buckets += [([indices[k] for k in positions], a, r) for positions, a, r in sub_buckets]
+    return buckets
 
 
 def _single_tensor_alphaadam(

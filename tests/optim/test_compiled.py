@@ -157,5 +157,103 @@ def test_alphaadam_fused_option_matches_reference_loop():
     for a, b in zip(loop_params, fused_params):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(loop.state[a]["exp_avg"], fused.state[b]["exp_avg"], rtol=1e-5, atol=1e-7)
-    with pytest.raises(TypeError, match="fused must be a bool"):
-        AlphaAdam(loop_params, fused="yes")
+
+
+def _spy_compiled(monkeypatch) -> list[list[tuple[int, ...]]]:
+    """Record the shapes of the tensors each call of the compiled kernels' driver receives."""
+    from hf_alphaadam.optim import _compiled
+
+    calls: list[list[tuple[int, ...]]] = []
+    original = _compiled._compiled_alphaadam
+
+    def spy(params, *args, **kwargs):
+        calls.append([tuple(p.shape) for p in params])
+        return original(params, *args, **kwargs)
+
+    monkeypatch.setattr(_compiled, "_compiled_alphaadam", spy)
+    return calls
+
+
+def _train_pair(make_other, steps=4, shapes=((6, 5), (70, 80), (7,))):
+    """Params of the reference loop and of ``make_other(params)`` after the same steps, with their optimizers."""
+    torch.manual_seed(0)
+    reference = [torch.randn(s, requires_grad=True) for s in shapes]
+    other = [p.detach().clone().requires_grad_() for p in reference]
+    loop = AlphaAdam(reference, lr=1e-2, weight_decay=0.1, foreach=False)
+    optimizer = make_other(other)
+    for step in range(steps):
+        for a, b in zip(reference, other):
+            a.grad = torch.randn_like(a) + 0.3 * step
+            b.grad = a.grad.clone()
+        loop.step()
+        optimizer.step()
+    return reference, other, loop, optimizer
+
+
+def test_fused_routes_small_tensors_to_foreach_and_matches_reference(monkeypatch):
+    import sys
+
+    module = sys.modules["hf_alphaadam.optim.alphaadam"]
+
+    monkeypatch.setattr(module, "COMPILE_MIN_NUMEL", 1000)
+    calls = _spy_compiled(monkeypatch)
+    reference, fused, loop, optimizer = _train_pair(lambda ps: AlphaAdam(ps, lr=1e-2, weight_decay=0.1, fused=True))
+    assert calls and all(shapes == [(70, 80)] for shapes in calls)  # (6, 5) and (7,) took the foreach path
+    for a, b in zip(reference, fused):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(optimizer.state[b]["exp_avg_sq"], loop.state[a]["exp_avg_sq"], rtol=1e-5,
+                                   atol=1e-8)
+    expected, got = loop.statistics(per_tensor=True)["tensors"], optimizer.statistics(per_tensor=True)["tensors"]
+    assert got.keys() == expected.keys() and len(got) == 3
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], rel=1e-4), key
+
+
+def test_default_compiles_only_groups_above_the_size_threshold(monkeypatch):
+    import sys
+
+    module = sys.modules["hf_alphaadam.optim.alphaadam"]
+
+    monkeypatch.setattr(module, "COMPILE_MIN_NUMEL", 1000)
+    calls = _spy_compiled(monkeypatch)
+    _train_pair(lambda ps: AlphaAdam(ps, lr=1e-2), steps=2)  # 5637 elements < 2^24: foreach
+    assert calls == []
+    monkeypatch.setattr(module, "AUTO_COMPILE_MIN_NUMEL", 5000)
+    _train_pair(lambda ps: AlphaAdam(ps, lr=1e-2, fused=False), steps=2)  # never compiles
+    _train_pair(lambda ps: AlphaAdam(ps, lr=1e-2, foreach=True), steps=2)  # an explicit foreach is kept
+    assert calls == []
+    reference, auto, _, _ = _train_pair(lambda ps: AlphaAdam(ps, lr=1e-2, weight_decay=0.1), steps=3)
+    assert calls == [[(70, 80)]] * 3
+    for a, b in zip(reference, auto):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_default_falls_back_to_foreach_when_compiling_fails(monkeypatch, caplog):
+    from hf_alphaadam.optim import _compiled
+    import sys
+
+    module = sys.modules["hf_alphaadam.optim.alphaadam"]
+
+    def broken(name, args):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(module, "AUTO_COMPILE_MIN_NUMEL", 5000)
+    monkeypatch.setattr(module, "COMPILE_MIN_NUMEL", 1000)
+    monkeypatch.setattr(_compiled, "_WARM", set())
+    monkeypatch.setattr(_compiled, "_warm_up", broken)
+    monkeypatch.setattr(_compiled, "_DISABLED", None)
+    with caplog.at_level("WARNING", logger=_compiled.__name__):
+        reference, auto, loop, optimizer = _train_pair(lambda ps: AlphaAdam(ps, lr=1e-2, weight_decay=0.1))
+    assert [r.message for r in caplog.records if "using the foreach path" in r.message] != []
+    assert len([r for r in caplog.records if "compiling the fused step failed" in r.message]) == 1  # once
+    assert "no C++ compiler found" in _compiled._DISABLED
+    for a, b in zip(reference, auto):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        assert optimizer.state[b]["step"].item() == loop.state[a]["step"].item() == 4  # counted once per step
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):  # asked for explicitly: the error surfaces
+        _train_pair(lambda ps: AlphaAdam(ps, lr=1e-2, fused=True), steps=1)
+
+
+def test_fused_option_validation():
+    with pytest.raises(TypeError, match="fused must be True, False or None, got 'yes'"):
+        AlphaAdam([torch.zeros(2, requires_grad=True)], fused="yes")
