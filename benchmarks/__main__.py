@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
             started = time.perf_counter()
             module = load(name)
             imported = time.perf_counter()
+            sys.argv[0] = f"python -m benchmarks run {name}"  # what the benchmark's --help shows as its usage
             module.main(list(args.options))
             logging.getLogger("benchmarks").info("%s took %.0f s (%.0f s of it importing)", name,
                                                  time.perf_counter() - started, imported - started)
