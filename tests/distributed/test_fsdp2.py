@@ -15,7 +15,7 @@ pytestmark = pytest.mark.distributed
 WORKER = Path(__file__).with_name("fsdp2_worker.py")
 
 
-@pytest.mark.parametrize("path", ["foreach", "loop"])
+@pytest.mark.parametrize("path", ["foreach", "loop", "swap"])
 def test_fsdp2_alpha_equals_unsharded_and_dcp_resumes(tmp_path, path):
     torchrun(WORKER, str(tmp_path), path)
     reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
@@ -33,3 +33,15 @@ def test_fsdp2_alpha_equals_unsharded_and_dcp_resumes(tmp_path, path):
         assert report["max_exp_avg_diff"] < 1e-6
         for kinds in report["state_kinds"].values():
             assert kinds == {"step": "Tensor", "exp_avg": "DTensor", "exp_avg_sq": "DTensor"}
+
+
+def test_adapm_fsdp2_elementwise_blocks_equal_unsharded_and_low_rank_is_refused(tmp_path):
+    torchrun(WORKER, str(tmp_path), "adapm")
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert report["max_param_diff"] < 1e-5
+        assert report["embedding_state"] == ["exp_avg_sq", "step"]  # no momentum for the embedding
+        assert report["linear_state"] == ["exp_avg", "exp_avg_sq", "step"]
+        for name, message in report["refusals"].items():
+            assert message is not None, f"{name} on DTensor shards was not refused"
+            assert "FSDP2 DTensor" in message, message
