@@ -398,7 +398,10 @@ class AdaPM(StatisticsMixin, Optimizer):
             return
         shapes = plan.state_shapes()
         for key, shape in shapes.items():
-            state[key] = torch.zeros(shape, dtype=dtype, device=param.device)
+            if plan.transposed and len(shape) == 2:  # full-size matrices in the parameter's canonical layout
+                state[key] = torch.zeros(shape[::-1], dtype=dtype, device=param.device).mT
+            else:
+                state[key] = torch.zeros(shape, dtype=dtype, device=param.device)
         if "lowrank_left" in shapes:
             count, rows, rank = shapes["lowrank_left"]
             cols = shapes["lowrank_right"][2]
@@ -742,7 +745,10 @@ def _multi_tensor_adapm(
 def _foreach_momentum_free(params: list[Tensor], grads: list[Tensor], exp_avg_sqs: list[Tensor],
                            state_steps: list[Tensor], *, lr: float | Tensor, beta2: float, eps: float,
                            weight_decay: float, maximize: bool) -> None:
-    """``p = p (1 - lr wd) - lr g / (sqrt(v / bc2) + eps)`` with ``v`` Adam's EMA of ``g^2``, per (device, dtype)."""
+    """``p = p (1 - lr wd) - lr g / (sqrt(v / bc2) + eps)`` with ``v`` Adam's EMA of ``g^2``, per (device, dtype).
+
+    Written as ``p (1 - lr wd) - (lr sqrt(bc2)) g / (sqrt(v) + eps sqrt(bc2))`` (the same number, up to rounding) so
+    that the bias correction folds into the scalars: four passes over memory after the update of ``v``."""
     grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, exp_avg_sqs, state_steps])
     for (device_params, device_grads, device_v, device_steps), _ in grouped.values():
         dtype = compute_dtype(device_params[0])
@@ -756,114 +762,190 @@ def _foreach_momentum_free(params: list[Tensor], grads: list[Tensor], exp_avg_sq
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, g, g, value=1 - beta2)
         denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, bc2_sqrt)
-        torch._foreach_add_(denom, eps)
+        torch._foreach_add_(denom, [eps * b for b in bc2_sqrt])
         if weight_decay != 0:
             torch._foreach_mul_(p, 1 - lr * weight_decay)
-        direction = torch._foreach_div(g, denom)
         if isinstance(lr, Tensor):
+            direction = torch._foreach_div(g, denom)
+            torch._foreach_mul_(direction, bc2_sqrt)
             torch._foreach_mul_(direction, -lr)
             torch._foreach_add_(p, direction)
         else:
-            torch._foreach_add_(p, direction, alpha=-lr)
+            torch._foreach_addcdiv_(p, g, denom, [-lr * b for b in bc2_sqrt])
         for originals, computed in ((device_params, p), (device_v, v)):
             pairs = [(o, c) for o, c in zip(originals, computed) if o is not c]
             if pairs:
                 torch._foreach_copy_([o for o, _ in pairs], [c for _, c in pairs])
 
 
+def _empty_canonical(rows: int, cols: int, plan: TensorPlan, like: Tensor) -> Tensor:
+    """An uninitialised ``(rows, cols)`` canonical matrix laid out like the parameter's canonical view (column-major
+    for a transposed ``(in, out)`` weight), so that element-wise ops between it, the gradient and the parameter run
+    over memory in one order (mixing the two layouts makes every element-wise pass several times slower)."""
+    if plan.transposed:
+        return torch.empty(cols, rows, dtype=like.dtype, device=like.device).mT
+    return torch.empty(rows, cols, dtype=like.dtype, device=like.device)
+
+
+def _in_layout(state: dict[str, Any], key: str, plan: TensorPlan) -> Tensor:
+    """``state[key]`` (a 2-D full-size state matrix), re-laid out once in place of the stored one if it is not in
+    the parameter's canonical layout (state saved by an older version, or moved by hand); values unchanged."""
+    value = state[key]
+    if plan.transposed and value.dim() == 2 and value.shape[0] > 1 and value.stride(0) != 1:
+        relaid = torch.empty(value.shape[1], value.shape[0], dtype=value.dtype, device=value.device).mT
+        relaid.copy_(value)
+        state[key] = value = relaid
+    return value
+
+
+def _refit_2d(target: Tensor, left: Tensor, right: Tensor, iters: int) -> tuple[Tensor, Tensor]:
+    """:func:`_refit` for one ``[rows, cols]`` block (2-D matmuls take either layout without copying)."""
+    rows, cols = target.shape
+    if rows <= cols:
+        basis = left
+        for _ in range(iters):
+            basis = torch.linalg.qr(target @ (target.mT @ basis)).Q
+        return basis, basis.mT @ target
+    basis = right.mT
+    for _ in range(iters):
+        basis = torch.linalg.qr(target.mT @ (target @ basis)).Q
+    return target @ basis, basis.mT
+
+
+def _product_into(left: Tensor, right: Tensor, out: Tensor) -> Tensor:
+    """``out = left @ right`` written into ``out`` (any BLAS-compatible layout, e.g. a column-major view)."""
+    return torch.mm(left, right, out=out)
+
+
 def _structured_step(param: Tensor, grad: Tensor, state: dict[str, Any], plan: TensorPlan, *, lr: float | Tensor,
                      beta1: float, beta2: float, eps: float, weight_decay: float, mask: str, alpha: str,
                      alpha_max: float | None, first_step: str, residual: str, residual_clip: float,
                      refit_iters: int, maximize: bool) -> tuple[Tensor, Tensor]:
-    """One low-rank / compact tensor: low-rank row slices stacked into one batched refit, in-place where safe."""
+    """One low-rank / compact tensor, the reference's math with fewer passes over memory.
+
+    Everything full-size is kept in the parameter's canonical layout (see :func:`_empty_canonical`); a low-rank
+    block's ``m~ = beta1 L R + (1 - beta1) G`` is one ``addmm`` into its buffer; the bias corrections are folded
+    into scalars (``u = (s / c) m / (sqrt(V) + eps s)`` with ``s = sqrt(bc2)`` for Adam's V, or ``s = 1`` with the
+    compact V's per-row denominator). Without a mask and with ``alpha="none"`` (AdaPM's default) the step is one
+    ``addcdiv_`` per row segment straight from each segment's momentum: no ``u``, no ``phi`` is materialised.
+    """
     dtype = compute_dtype(param)
-    G = _canonical(grad.to(dtype), plan)
+    G = _canonical(grad if grad.dtype == dtype else grad.to(dtype), plan)
     if maximize:
-        G = -G
+        G = torch.neg(G)
     step_t = state["step"]
     step_t += 1
     step = _get_value(step_t)
     bc1 = 1 - beta1**step
     bc2_sqrt = math.sqrt(1 - beta2**step)
     unmasked = mask == "none" or (first_step == "full" and step == 1)
+    simple = unmasked and alpha == "none" and not isinstance(lr, Tensor)
     segments = plan.segments
+    rows, cols = plan.canonical_shape
 
-    # second moment -> denominator (rows x cols, or rows x 1)
+    # second moment -> denominator (rows x cols, or rows x 1) and the scale it leaves out
     if all(s.rows_per_v == 0 for s in segments):
-        V = state["exp_avg_sq"] if state["exp_avg_sq"].dtype == dtype else state["exp_avg_sq"].to(dtype)
+        stored = _in_layout(state, "exp_avg_sq", plan)
+        V = stored if stored.dtype == dtype else stored.to(dtype)
         V.mul_(beta2).addcmul_(G, G, value=1 - beta2)
-        if V is not state["exp_avg_sq"]:
-            state["exp_avg_sq"].copy_(V)
-        denom = V.sqrt().div_(bc2_sqrt).add_(eps)
+        if V is not stored:
+            stored.copy_(V)
+        denom = V.sqrt().add_(eps * bc2_sqrt)  # = sqrt(bc2) * (sqrt(V / bc2) + eps)
+        scale = bc2_sqrt
     else:
         v = state["exp_avg_sq"] if state["exp_avg_sq"].dtype == dtype else state["exp_avg_sq"].to(dtype)
         means, repeats = [], []
         for seg in segments:
             count = seg.rows // seg.rows_per_v
-            means.append(G[seg.start:seg.stop].square().reshape(count, -1).mean(dim=1))
+            # a view in either layout (the row split keeps each head's rows together): no copy of G
+            block = G[seg.start:seg.stop].square().reshape(count, seg.rows_per_v, -1)
+            means.append(block.mean(dim=(1, 2)))
             repeats.append(torch.full((count,), seg.rows_per_v, dtype=torch.long))
         v.mul_(beta2).add_(torch.cat(means), alpha=1 - beta2)
         if v is not state["exp_avg_sq"]:
             state["exp_avg_sq"].copy_(v)
         row_denom = v.sqrt().div_(bc2_sqrt).add_(eps)
         denom = row_denom.repeat_interleave(torch.cat(repeats).to(row_denom.device)).unsqueeze(1)
+        scale = 1.0
 
-    used = torch.empty_like(G)  # becomes u
-    phi = None if unmasked else torch.ones_like(G)
+    # momentum of each row segment: (segment, momentum used, first-moment correction, mask or None)
+    parts: list[tuple[Any, Tensor, float, Tensor | None]] = []
     lowrank = plan.lowrank_segments()
     if lowrank:
-        count, rows = len(lowrank), lowrank[0].rows
-        contiguous = all(s.start == lowrank[0].start + k * rows for k, s in enumerate(lowrank))
-        if contiguous:
-            Gs = G[lowrank[0].start:lowrank[0].start + count * rows].reshape(count, rows, -1)
-        else:
-            Gs = torch.stack([G[s.start:s.stop] for s in lowrank])
-        L = state["lowrank_left"].to(dtype)
-        R = state["lowrank_right"].to(dtype)
-        m_prev = torch.bmm(L, R)
-        target = torch.lerp(m_prev, Gs, 1 - beta1)
-        L, R = _refit(target, L, R, refit_iters)
-        momentum = _residual_momentum(target, torch.bmm(L, R) if residual != "full" else target, residual,
-                                      residual_clip)
-        state["lowrank_left"].copy_(L)
-        state["lowrank_right"].copy_(R)
+        seg_rows = lowrank[0].rows
+        buffer = _empty_canonical(len(lowrank) * seg_rows, cols, plan, G)
+        lefts = state["lowrank_left"] if state["lowrank_left"].dtype == dtype else state["lowrank_left"].to(dtype)
+        rights = state["lowrank_right"] if state["lowrank_right"].dtype == dtype else state["lowrank_right"].to(dtype)
         for k, seg in enumerate(lowrank):
-            used[seg.start:seg.stop] = momentum[k]
-            if phi is not None:
-                phi[seg.start:seg.stop] = sign_agreement(m_prev[k] if mask == "async" else momentum[k], Gs[k])
+            Gs = G[seg.start:seg.stop]
+            target = buffer[k * seg_rows:(k + 1) * seg_rows]
+            phi_k = None
+            if not unmasked and mask == "async":
+                m_prev = _product_into(lefts[k], rights[k], target)
+                phi_k = sign_agreement(m_prev, Gs)
+                target.mul_(beta1).add_(Gs, alpha=1 - beta1)
+            else:  # m~ = beta1 L R + (1 - beta1) G in one pass
+                torch.addmm(Gs, lefts[k], rights[k], beta=1 - beta1, alpha=beta1, out=target)
+            L, R = _refit_2d(target, lefts[k], rights[k], refit_iters)
+            state["lowrank_left"][k].copy_(L)
+            state["lowrank_right"][k].copy_(R)
+            if residual == "none":
+                _product_into(L, R, target)
+            elif residual == "clip":
+                approx = _product_into(L, R, _empty_canonical(seg_rows, cols, plan, G))
+                rest = target.sub_(approx)
+                rest_norm = torch.linalg.matrix_norm(rest)
+                limit = residual_clip * torch.linalg.matrix_norm(approx)
+                clip = torch.where(rest_norm > limit, limit / rest_norm.clamp_min(torch.finfo(rest.dtype).tiny),
+                                   torch.ones_like(rest_norm))
+                rest.mul_(clip).add_(approx)
+            if not unmasked and mask == "sync":
+                phi_k = sign_agreement(target, Gs)
+            parts.append((seg, target, bc1, phi_k))
     full_segments = plan.full_segments()
     if full_segments:
-        M = state["exp_avg"] if state["exp_avg"].dtype == dtype else state["exp_avg"].to(dtype)
+        stored = _in_layout(state, "exp_avg", plan)
+        M = stored if stored.dtype == dtype else stored.to(dtype)
         offset = 0
         for seg in full_segments:
             Ms, Gs = M[offset:offset + seg.rows], G[seg.start:seg.stop]
-            if phi is not None and mask == "async":
-                phi[seg.start:seg.stop] = sign_agreement(Ms, Gs)
+            phi_k = sign_agreement(Ms, Gs) if not unmasked and mask == "async" else None
             Ms.lerp_(Gs, 1 - beta1)
-            if phi is not None and mask == "sync":
-                phi[seg.start:seg.stop] = sign_agreement(Ms, Gs)
-            used[seg.start:seg.stop] = Ms
+            if not unmasked and mask == "sync":
+                phi_k = sign_agreement(Ms, Gs)
+            parts.append((seg, Ms, bc1, phi_k))
             offset += seg.rows
-        if M is not state["exp_avg"]:
-            state["exp_avg"].copy_(M)
+        if M is not stored:
+            stored.copy_(M)
     for seg in segments:
-        if seg.momentum == "none":
-            used[seg.start:seg.stop] = G[seg.start:seg.stop]  # no momentum, no first-moment correction
-        else:
-            used[seg.start:seg.stop].div_(bc1)
-    u = used.div_(denom)
+        if seg.momentum == "none":  # no momentum, no first-moment correction, never masked
+            parts.append((seg, G[seg.start:seg.stop], 1.0, None))
 
-    if phi is None:
-        phi = torch.ones_like(u)
-    direction, alpha_t, mask_ratio = masked_step(u, phi, alpha, alpha_max)
-    moved = (mask_ratio > 0).to(dtype)
-    if param.dtype == dtype and (plan.transposed or param.is_contiguous()):
-        P = param.mT if plan.transposed else param.view(plan.canonical_shape)  # a view: updated in place
-        P.mul_(1 - lr * weight_decay * moved).sub_(lr * direction)
+    in_place = param.dtype == dtype and (plan.transposed or param.is_contiguous())
+    P = (param.mT if plan.transposed else param.view(plan.canonical_shape)) if in_place else \
+        _canonical(param.to(dtype), plan)
+    if simple:  # phi = 1, alpha = 1: W = W (1 - lr wd) - lr u, one pass per segment
+        if weight_decay != 0:
+            P.mul_(1 - lr * weight_decay)
+        for seg, used, correction, _ in parts:
+            P[seg.start:seg.stop].addcdiv_(used, denom[seg.start:seg.stop], value=-lr * scale / correction)
+        count = torch.tensor(float(rows * cols), dtype=dtype, device=G.device)
+        alpha_t, mask_ratio = torch.ones((), dtype=dtype, device=G.device), count / count
     else:
-        P = _canonical(param.to(dtype), plan)
-        P = P * (1 - lr * weight_decay * moved) - lr * direction
+        U = _empty_canonical(rows, cols, plan, G)
+        phi = None if unmasked else torch.ones_like(U)
+        for seg, used, correction, phi_k in parts:
+            U_seg = U[seg.start:seg.stop]
+            torch.mul(used, scale / correction, out=U_seg)
+            U_seg.div_(denom[seg.start:seg.stop])
+            if phi is not None and phi_k is not None:
+                phi[seg.start:seg.stop] = phi_k
+        if phi is None:
+            phi = torch.ones_like(U)
+        direction, alpha_t, mask_ratio = masked_step(U, phi, alpha, alpha_max)
+        moved = (mask_ratio > 0).to(dtype)
+        P.mul_(1 - lr * weight_decay * moved).sub_(lr * direction)
+    if not in_place:
         param.copy_(P.mT if plan.transposed else P.reshape(plan.shape))
     return alpha_t, mask_ratio
 
