@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import logging
 from pathlib import Path
@@ -508,3 +509,58 @@ def test_flat_partition_with_low_rank_policy_is_refused():
     with pytest.raises(ValueError, match="flat ZeRO partition"):
         AdaPM(flat(), full_modules="up_proj", second_moment="mini")
     AdaPM(flat(), rank=2, full_modules="up_proj")  # element-wise: allowed
+
+
+@pytest.mark.parametrize("options", [
+    dict(),
+    dict(second_moment="mini", head_dim=2, weight_decay=0.0),
+    dict(mask="async", alpha="norm", maximize=True),
+])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_fast_path_cache_blocks_equal_reference(monkeypatch, options, dtype):
+    """The CPU fast path cuts element-wise passes into cache-sized blocks; with tiny blocks (none divides the
+    tensors) it still equals the reference loop, for transposed, fused, plain and momentum-free tensors."""
+    monkeypatch.setattr(importlib.import_module("hf_alphaadam.optim.adapm"), "CACHE_BLOCK_NUMEL", 7)
+    spec = EQUIVALENCE_SPEC + [("h.0.mlp.c_fc.weight", (6, 10)), ("layers.0.self_attn.o_proj.weight", (5, 4)),
+                               ("embed_tokens.weight", (9, 4)), ("mlp.gate_proj.weight", (3, 4, 2))]
+    ref_params, fast_params = named_params(spec, dtype=dtype), named_params(spec, dtype=dtype)
+    kwargs = dict(rank=2, lr=1e-2, lowrank_modules=r"gate_proj", **options)
+    reference = AdaPM(ref_params, foreach=False, **kwargs)
+    fast = AdaPM(fast_params, foreach=True, **kwargs)
+    assert fast.plans()[6].transposed and fast.plans()[6].describe_momentum() == "lowrank(r=2)"
+    rtol, atol = (1e-10, 1e-12) if dtype == torch.float64 else (0, 1e-2)
+    for step in range(6):
+        grads = random_grads([p for _, p in ref_params], step, none_every=5)
+        set_grads([p for _, p in ref_params], grads)
+        set_grads([p for _, p in fast_params], grads)
+        reference.step()
+        fast.step()
+    for (_, a), (_, b) in zip(ref_params, fast_params):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+        for key, value in reference.state[a].items():
+            torch.testing.assert_close(value, fast.state[b][key], rtol=max(rtol, 1e-4 if dtype != torch.float64 else 0),
+                                       atol=max(atol, 1e-5 if dtype != torch.float64 else 0), msg=key)
+
+
+def test_state_in_parameter_layout_and_old_layout_resumes():
+    """Full-size state of a transposed (Conv1D) weight is stored in the parameter's memory order; state saved in
+    row-major canonical order (older versions) is re-laid out on the next step, values unchanged."""
+    spec = [("h.0.attn.c_attn.weight", (4, 12)), ("h.0.mlp.c_fc.weight", (6, 10))]
+    a, b = named_params(spec), named_params(spec)
+    first, second = AdaPM(a, rank=2), AdaPM(b, rank=2)
+    for optimizer, params in ((first, a), (second, b)):
+        _run(optimizer, [p for _, p in params], 2)
+    for _, p in a:
+        state = first.state[p]
+        assert state["exp_avg_sq"].stride(0) == 1  # (rows, cols) canonical, column-major like param.mT
+    for _, p in b:  # simulate an old checkpoint: row-major canonical state
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in second.state[p]:
+                second.state[p][key] = second.state[p][key].contiguous()
+    _run(first, [p for _, p in a], 3, start=2)
+    _run(second, [p for _, p in b], 3, start=2)
+    for (_, p), (_, q) in zip(a, b):
+        torch.testing.assert_close(p, q, rtol=1e-13, atol=1e-14)
+        for key, value in first.state[p].items():
+            torch.testing.assert_close(value, second.state[q][key], rtol=1e-13, atol=1e-14)
+        assert second.state[q]["exp_avg_sq"].stride(0) == 1
