@@ -18,8 +18,8 @@ is reported without a target. The 32-bit baseline is ``AlphaAdam`` with its defa
 the default, that is the compiled path for GPT-2 small's 124M parameters (the committed result predates it and
 used the foreach path).
 
-    python -m benchmarks run eight_bit            # full GPT-2 small shapes + 300 LM steps (~10+ min on 2 CPU cores)
-    python -m benchmarks run eight_bit --quick    # scale 1/16, 2 rounds, 20 LM steps of a hidden-64 Llama: ~10 s
+    python -m benchmarks run eight_bit            # full GPT-2 small shapes + 300 LM steps (~27 min on 1 loaded core)
+    python -m benchmarks run eight_bit --quick    # scale 1/16, 2 rounds, 20 LM steps of a hidden-64 Llama: ~15 s
                                                   # after imports (a smoke run)
 
 Writes ``benchmarks/results/eight_bit[_quick].json`` and ``.png`` (``--output-dir`` to change). ``--device cuda``

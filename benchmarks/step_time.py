@@ -16,6 +16,7 @@ param groups of at least 2^24 elements).
     python -m benchmarks run step_time             # full GPT-2 small (a few minutes on 2 cores)
     python -m benchmarks run step_time --scale 0.5 # what benchmarks/results/step_time.json holds
     python -m benchmarks run step_time --quick     # scale 1/16, 3 rounds, 1 thread, no compiled path: ~10 s
+                                                   # after imports (20-50 s of importing on a loaded machine)
 
 Writes ``benchmarks/results/step_time[_quick].json`` and ``.png`` (``--output-dir`` to change).
 """
@@ -257,7 +258,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="include the for-loop paths (AdamW foreach=False, AlphaAdam reference)")
     parser.add_argument("--all-modes", action="store_true", help="also async+count, sync+norm, async+none")
     add_common_arguments(parser, "scale 1/16, 3 rounds, 1 warm-up step, 1 thread, no compiled path: a CI smoke "
-                                 "run (~10 s)")
+                                 "run (~10 s after imports)")
     parser.add_argument("--progress", action="store_true", help="tqdm bar even when stderr is not a terminal")
     parser.add_argument("--name", default="step_time", help="file stem of the outputs")
     parser.add_argument("--no-plot", action="store_true")
