@@ -58,7 +58,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import _get_scalar_dtype, _get_value
 
 from ._base import StatisticsMixin, check_adam_hyperparameters, check_dense_grad, check_param_groups
-from ._masking import masked_step, sign_agreement, validate_mask_options
+from ._masking import alpha_from_sums, masked_step, sign_agreement, validate_mask_options
 from ._policy import (
     GROUP_POLICIES,
     POLICIES,
@@ -935,10 +935,7 @@ def _structured_step(param: Tensor, grad: Tensor, state: dict[str, Any], plan: T
     if elementwise_v:
         stored_v = _in_layout(state, "exp_avg_sq", plan)
         V = stored_v if stored_v.dtype == dtype else stored_v.to(dtype)
-        scale = bc2_sqrt
-        if not simple:  # else updated block by block with the step below
-            V.mul_(beta2).addcmul_(G, G, value=1 - beta2)
-            denom = V.sqrt().add_(eps * bc2_sqrt)  # = sqrt(bc2) * (sqrt(V / bc2) + eps)
+        scale = bc2_sqrt  # V is updated block by block with the step below
     else:
         v = state["exp_avg_sq"] if state["exp_avg_sq"].dtype == dtype else state["exp_avg_sq"].to(dtype)
         v.mul_(beta2).add_(_compact_mean_squares(G, plan), alpha=1 - beta2)
@@ -1005,43 +1002,78 @@ def _structured_step(param: Tensor, grad: Tensor, state: dict[str, Any], plan: T
     in_place = param.dtype == dtype and (plan.transposed or param.is_contiguous())
     P = (param.mT if plan.transposed else param.view(plan.canonical_shape)) if in_place else \
         _canonical(param.to(dtype), plan)
+    blocks = _canonical_blocks(plan, G.device)
+
+    def block_denominator(rs: slice, cs: slice) -> Tensor:
+        """Update V on one block, return its denominator (``sqrt(bc2)``-scaled for Adam's V)."""
+        if V is None:
+            return denom[rs]
+        V_b = V[rs, cs]
+        V_b.mul_(beta2).addcmul_(G[rs, cs], G[rs, cs], value=1 - beta2)
+        return V_b.sqrt().add_(eps * bc2_sqrt)  # = sqrt(bc2) * (sqrt(V / bc2) + eps)
+
+    def pieces(rs: slice):
+        """The parts (segments) meeting the rows ``rs``: (part, rows in the part, rows in the block)."""
+        for part in parts:
+            seg = part[0]
+            lo, hi = max(seg.start, rs.start), min(seg.stop, rs.stop)
+            if lo < hi:
+                yield part, slice(lo - seg.start, hi - seg.start), slice(lo - rs.start, hi - rs.start)
+
     if simple:  # phi = 1, alpha = 1: W = W (1 - lr wd) - lr u, over cache-sized blocks of columns / rows
-        for rs, cs in _canonical_blocks(plan, G.device):
-            if V is not None:
-                V_b = V[rs, cs]
-                V_b.mul_(beta2).addcmul_(G[rs, cs], G[rs, cs], value=1 - beta2)
-                denom_b = V_b.sqrt().add_(eps * bc2_sqrt)  # = sqrt(bc2) * (sqrt(V / bc2) + eps)
-            else:
-                denom_b = denom[rs]
+        for rs, cs in blocks:
+            denom_b = block_denominator(rs, cs)
             P_b = P[rs, cs]
             if weight_decay != 0:
                 P_b.mul_(1 - lr * weight_decay)
-            for seg, used, correction, _ in parts:
-                lo, hi = max(seg.start, rs.start), min(seg.stop, rs.stop)
-                if lo < hi:
-                    P_b[lo - rs.start:hi - rs.start].addcdiv_(used[lo - seg.start:hi - seg.start, cs],
-                                                              denom_b[lo - rs.start:hi - rs.start],
-                                                              value=-lr * scale / correction)
-        if V is not None and V is not stored_v:
-            stored_v.copy_(V)
+            for (_, used, correction, _), in_part, in_block in pieces(rs):
+                P_b[in_block].addcdiv_(used[in_part, cs], denom_b[in_block], value=-lr * scale / correction)
         count = torch.tensor(float(rows * cols), dtype=dtype, device=G.device)
         alpha_t, mask_ratio = torch.ones((), dtype=dtype, device=G.device), count / count
     else:
+        # pass 1 (per block): V, u = phi * u into U, and the sums (sum u^2, sum (phi u)^2, sum phi) of
+        # ``_masking.masked_step``; then alpha; pass 2: W = W (1 - lr wd moved) - (lr alpha) (phi * u)
         U = _empty_canonical(rows, cols, plan, G)
-        phi = None if unmasked else torch.ones_like(U)
-        for seg, used, correction, phi_k in parts:
-            U_seg = U[seg.start:seg.stop]
-            torch.mul(used, scale / correction, out=U_seg)
-            U_seg.div_(denom[seg.start:seg.stop])
-            if phi is not None and phi_k is not None:
-                phi[seg.start:seg.stop] = phi_k
-        if phi is None:
-            phi = torch.ones_like(U)
-        direction, alpha_t, mask_ratio = masked_step(U, phi, alpha, alpha_max)
-        if V is not None and V is not stored_v:
-            stored_v.copy_(V)
+        want_norms = alpha == "norm"
+        sq_u: list[Tensor] = []
+        sq_masked: list[Tensor] = []
+        counts: list[Tensor] = []
+        unmasked_count = 0
+        for rs, cs in blocks:
+            denom_b = block_denominator(rs, cs)
+            U_b = U[rs, cs]
+            for (_, used, correction, phi_k), in_part, in_block in pieces(rs):
+                u = U_b[in_block]
+                torch.mul(used[in_part, cs], scale / correction, out=u)
+                u.div_(denom_b[in_block])
+                square = u.square().sum() if want_norms else None
+                if phi_k is None:  # phi = 1 here
+                    unmasked_count += u.numel()
+                    if square is not None:
+                        sq_u.append(square)
+                        sq_masked.append(square)
+                    continue
+                phi_b = phi_k[in_part, cs]
+                counts.append(phi_b.sum())
+                u.mul_(phi_b)
+                if square is not None:
+                    sq_u.append(square)
+                    sq_masked.append(u.square().sum())
+        zero = torch.zeros((), dtype=dtype, device=G.device)
+        count = torch.stack(counts).sum() + unmasked_count if counts else zero + unmasked_count
+        sums = torch.stack([torch.stack(sq_u).sum() if sq_u else zero, torch.stack(sq_masked).sum() if sq_masked
+                            else zero, count]).unsqueeze(0)
+        whole = torch.tensor([rows * cols], dtype=sums.dtype, device=sums.device)
+        alpha_t = alpha_from_sums(sums, whole, alpha, alpha_max)[0]
+        mask_ratio = sums[0, 2] / whole[0]
         moved = (mask_ratio > 0).to(dtype)
-        P.mul_(1 - lr * weight_decay * moved).sub_(lr * direction)
+        decay = 1 - lr * weight_decay * moved
+        step_scale = (-lr * alpha_t).to(dtype)
+        for rs, cs in blocks:
+            P_b = P[rs, cs]
+            P_b.mul_(decay).addcmul_(U[rs, cs], step_scale)
+    if V is not None and V is not stored_v:
+        stored_v.copy_(V)
     if not in_place:
         param.copy_(P.mT if plan.transposed else P.reshape(plan.shape))
     return alpha_t, mask_ratio
