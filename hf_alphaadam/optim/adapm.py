@@ -178,6 +178,7 @@ class AdaPM(StatisticsMixin, Optimizer):
                              "'param_names')")
         self._validate_group(defaults)
         self._plans: dict[int, list[TensorPlan]] = {}
+        self._workspace: dict[Any, Tensor] = {}  # reusable CPU scratch of the fast path (not state)
         self._constructing = True
         super().__init__(params, defaults)
         self._constructing = False
@@ -288,6 +289,8 @@ class AdaPM(StatisticsMixin, Optimizer):
             self.partition_group = None
         if not hasattr(self, "_plans"):
             self._plans = {}
+        if not hasattr(self, "_workspace"):
+            self._workspace = {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load as torch does (saved group options win), keep saved state dtypes, and rebuild the plans from the
@@ -448,7 +451,7 @@ class AdaPM(StatisticsMixin, Optimizer):
                 eps=group["eps"], weight_decay=group["weight_decay"], mask=group["mask"], alpha=group["alpha"],
                 alpha_max=group["alpha_max"], first_step=group["first_step"], residual=group["residual"],
                 residual_clip=group["residual_clip"], refit_iters=group["refit_iters"], maximize=group["maximize"],
-                numels=numels, reduce_sums=reduce_sums,
+                numels=numels, reduce_sums=reduce_sums, workspace=self._workspace,
             )
             for bucket_positions, alpha_values, mask_ratio in buckets:
                 self._record_statistics(group, [positions[i] for i in bucket_positions], alpha_values, mask_ratio)
@@ -505,13 +508,15 @@ def adapm(
     maximize: bool,
     numels: list[int] | None = None,
     reduce_sums: SumsReducer | None = None,
+    workspace: dict[Any, Tensor] | None = None,
 ) -> list[StatisticsBucket]:
     """Functional AdaPM step (updates ``params`` and the state dicts in place).
 
     ``states[i]`` holds tensor ``i``'s state as :class:`AdaPM` allocates it for ``plans[i]``. ``numels`` and
     ``reduce_sums`` (sharded tensors) apply to the ``"adam_full"`` tensors only: ``numels[k]`` and index ``k`` of
     ``reduce_sums`` refer to the k-th ``"adam_full"`` tensor of the lists passed here. Returns
-    ``(positions, alpha, mask_ratio)`` statistics buckets.
+    ``(positions, alpha, mask_ratio)`` statistics buckets. ``workspace``: a dict the fast path may keep reusable
+    CPU scratch buffers in between calls (one per optimizer; not state, never saved).
     """
     if foreach is None:
         foreach = True
@@ -519,7 +524,7 @@ def adapm(
     return func(params, grads, states, plans, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                 mask=mask, alpha=alpha, alpha_max=alpha_max, first_step=first_step, residual=residual,
                 residual_clip=residual_clip, refit_iters=refit_iters, maximize=maximize, numels=numels,
-                reduce_sums=reduce_sums)
+                reduce_sums=reduce_sums, workspace=workspace)
 
 
 def _canonical(tensor: Tensor, plan: TensorPlan) -> Tensor:
@@ -582,6 +587,7 @@ def _single_tensor_adapm(
     maximize: bool,
     numels: list[int] | None = None,
     reduce_sums: SumsReducer | None = None,
+    workspace: dict[Any, Tensor] | None = None,
 ) -> list[StatisticsBucket]:
     """The reference loop: one tensor, one row segment at a time, written as the algorithm box reads."""
     alphas, ratios = [], []
@@ -707,6 +713,7 @@ def _multi_tensor_adapm(
     maximize: bool,
     numels: list[int] | None = None,
     reduce_sums: SumsReducer | None = None,
+    workspace: dict[Any, Tensor] | None = None,
 ) -> list[StatisticsBucket]:
     """The fast path: AlphaAdam's foreach core for full-momentum Adam tensors, foreach ops for momentum-free Adam
     tensors, and a per-tensor routine with stacked row slices for low-rank / compact tensors."""
@@ -735,7 +742,8 @@ def _multi_tensor_adapm(
             alpha_t, ratio = _structured_step(
                 params[i], grads[i], states[i], plans[i], lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                 weight_decay=weight_decay, mask=mask, alpha=alpha, alpha_max=alpha_max, first_step=first_step,
-                residual=residual, residual_clip=residual_clip, refit_iters=refit_iters, maximize=maximize)
+                residual=residual, residual_clip=residual_clip, refit_iters=refit_iters, maximize=maximize,
+                workspace=workspace)
             alphas.append(alpha_t.float())
             ratios.append(ratio.float())
         buckets.append((structured, torch.stack(alphas), torch.stack(ratios)))
@@ -839,10 +847,23 @@ def _canonical_blocks(plan: TensorPlan, device: torch.device) -> list[tuple[slic
     return [(slice(r, min(r + height, rows)), slice(0, cols)) for r in range(0, rows, height)]
 
 
-def _empty_canonical(rows: int, cols: int, plan: TensorPlan, like: Tensor) -> Tensor:
+def _empty_canonical(rows: int, cols: int, plan: TensorPlan, like: Tensor,
+                     workspace: dict[Any, Tensor] | None = None, slot: str = "") -> Tensor:
     """An uninitialised ``(rows, cols)`` canonical matrix laid out like the parameter's canonical view (column-major
     for a transposed ``(in, out)`` weight), so that element-wise ops between it, the gradient and the parameter run
-    over memory in one order (mixing the two layouts makes every element-wise pass several times slower)."""
+    over memory in one order (mixing the two layouts makes every element-wise pass several times slower).
+
+    With a ``workspace`` (CPU only) the matrix is a view of a buffer kept there under ``slot`` and reused by every
+    tensor and step: a fresh multi-MiB allocation is returned to the OS when freed, and its first touch every step
+    costs page faults (GPU allocators cache blocks anyway)."""
+    if workspace is not None and like.device.type == "cpu":
+        key = (slot, like.dtype, like.device)
+        flat = workspace.get(key)
+        if flat is None or flat.numel() < rows * cols:
+            flat = workspace[key] = torch.empty(rows * cols, dtype=like.dtype, device=like.device)
+        if plan.transposed:
+            return flat[:rows * cols].view(cols, rows).mT
+        return flat[:rows * cols].view(rows, cols)
     if plan.transposed:
         return torch.empty(cols, rows, dtype=like.dtype, device=like.device).mT
     return torch.empty(rows, cols, dtype=like.dtype, device=like.device)
@@ -905,7 +926,8 @@ def _compact_mean_squares(G: Tensor, plan: TensorPlan) -> Tensor:
 def _structured_step(param: Tensor, grad: Tensor, state: dict[str, Any], plan: TensorPlan, *, lr: float | Tensor,
                      beta1: float, beta2: float, eps: float, weight_decay: float, mask: str, alpha: str,
                      alpha_max: float | None, first_step: str, residual: str, residual_clip: float,
-                     refit_iters: int, maximize: bool) -> tuple[Tensor, Tensor]:
+                     refit_iters: int, maximize: bool, workspace: dict[Any, Tensor] | None = None
+                     ) -> tuple[Tensor, Tensor]:
     """One low-rank / compact tensor, the reference's math with fewer passes over memory.
 
     Everything full-size is kept in the parameter's canonical layout (see :func:`_empty_canonical`); a low-rank
@@ -951,7 +973,7 @@ def _structured_step(param: Tensor, grad: Tensor, state: dict[str, Any], plan: T
     lowrank = plan.lowrank_segments()
     if lowrank:
         seg_rows = lowrank[0].rows
-        buffer = _empty_canonical(len(lowrank) * seg_rows, cols, plan, G)
+        buffer = _empty_canonical(len(lowrank) * seg_rows, cols, plan, G, workspace, "target")
         lefts = state["lowrank_left"] if state["lowrank_left"].dtype == dtype else state["lowrank_left"].to(dtype)
         rights = state["lowrank_right"] if state["lowrank_right"].dtype == dtype else state["lowrank_right"].to(dtype)
         for k, seg in enumerate(lowrank):
@@ -970,7 +992,7 @@ def _structured_step(param: Tensor, grad: Tensor, state: dict[str, Any], plan: T
             if residual == "none":
                 _product_into(L, R, target)
             elif residual == "clip":
-                approx = _product_into(L, R, _empty_canonical(seg_rows, cols, plan, G))
+                approx = _product_into(L, R, _empty_canonical(seg_rows, cols, plan, G, workspace, "approx"))
                 rest = target.sub_(approx)
                 rest_norm = torch.linalg.matrix_norm(rest)
                 limit = residual_clip * torch.linalg.matrix_norm(approx)
@@ -1033,7 +1055,7 @@ def _structured_step(param: Tensor, grad: Tensor, state: dict[str, Any], plan: T
     else:
         # pass 1 (per block): V, u = phi * u into U, and the sums (sum u^2, sum (phi u)^2, sum phi) of
         # ``_masking.masked_step``; then alpha; pass 2: W = W (1 - lr wd moved) - (lr alpha) (phi * u)
-        U = _empty_canonical(rows, cols, plan, G)
+        U = _empty_canonical(rows, cols, plan, G, workspace, "u")
         want_norms = alpha == "norm"
         sq_u: list[Tensor] = []
         sq_masked: list[Tensor] = []
