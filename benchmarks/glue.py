@@ -26,8 +26,10 @@ optimistic.
 
 The paper (arXiv 2501.18094, RoBERTa-base, full GLUE, 3 epochs) reports an average of 83.63 for AlphaAdam vs 83.24
 for AdamW. This is a CPU-sized check of that claim, not a reproduction: a 6-layer encoder, a fixed number of steps
-on a train subset (a fraction of an epoch), dev subsets of a few hundred examples, 3 seeds. On RTE and MRPC such
-short runs stay close to the majority-class baseline; differences of one or two points are within the noise.
+on a train subset (a fraction of an epoch), dev subsets of a few hundred examples, 3 seeds. With the default
+budget the encoder is far from converged (in the committed run: SST-2 ~77 % accuracy, STS-B correlations ~20-35,
+RTE and MRPC at or near the majority-class baseline), so this measures the early phase of fine-tuning, and
+differences of one or two points are within the noise.
 
 Default settings (``python -m benchmarks run glue``): 4 tasks x 4 optimizers x (2 lrs + 2 more seeds) = 64 runs of
 50 steps at batch size 16 (train subset 1000, dev subset 200, max length 128, lrs 1e-4 and 3e-4, 1 torch thread).
@@ -307,7 +309,7 @@ def aggregate(runs: list[dict], tasks: Sequence[str], optimizers: Sequence[str],
             best_lr = max(sweep, key=sweep.get)
             at_best = sorted((r for r in mine if r["lr"] == best_lr), key=lambda r: r["seed"])
             entry = {"best_lr": best_lr, "sweep": {f"{lr:g}": s for lr, s in sweep.items()},
-                     "best_lr_at_grid_edge": len(lrs) > 1 and best_lr in (min(lrs), max(lrs)),
+                     "best_lr_at_grid_edge": len(lrs) > 2 and best_lr in (min(lrs), max(lrs)),
                      "seeds": [r["seed"] for r in at_best], "scores": [r["score"] for r in at_best],
                      "complete": len(sweep) == len(lrs) and len(at_best) == seeds}
             entry["score"] = mean_std(entry["scores"])
@@ -439,14 +441,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
             right.bar(xs, [d[0] if d else float("nan") for d in diffs], width,
                       yerr=[d[1] if d else 0.0 for d in diffs], capsize=2, label=OPTIMIZERS[name],
                       color=colors.get(name))
-    finite = [e["score"][0] for t in tasks for e in summary_["tasks"][t].values()]
-    if finite:
-        left.set_ylim(max(0.0, min(finite) - 10), min(100.0, max(finite) + 5))
+    left.set_ylim(0, 100)
     for axis in (left, right):
         axis.set_xticks(range(len(columns)), columns)
     left.set_ylabel("dev score (task metric mean, %)")
     left.set_title(f"MiniLM-L6 fine-tuned, best lr, {result['settings']['seeds']} seeds (±std)")
-    left.legend(fontsize=8, loc="lower right")
+    left.legend(fontsize=8, loc="upper right")
     right.axhline(0, color="black", lw=0.8)
     right.set_ylabel("score - AdamW's (paired by seed, points)")
     right.set_title("difference to AdamW (±std over seeds)")

@@ -84,7 +84,10 @@ def test_aggregate_picks_the_best_lr_and_averages_over_seeds_and_tasks():
     rte = table["tasks"]["rte"]
     assert rte["adamw"]["best_lr"] == 1e-4 and rte["adamw"]["scores"] == [60.0, 62.0]
     assert rte["adamw"]["score"] == pytest.approx((61.0, 2 ** 0.5))
-    assert rte["alphaadam"]["best_lr"] == 3e-4 and rte["alphaadam"]["best_lr_at_grid_edge"]
+    assert rte["alphaadam"]["best_lr"] == 3e-4 and not rte["alphaadam"]["best_lr_at_grid_edge"]  # 2 lrs: no edge
+    three = glue.aggregate(runs + [_run("rte", "alphaadam", 1e-3, 0, 63.0)], ["rte"], ["alphaadam"],
+                           [1e-4, 3e-4, 1e-3], seeds=2)
+    assert not three["tasks"]["rte"]["alphaadam"]["best_lr_at_grid_edge"]  # 3e-4 is inside the grid
     assert rte["alphaadam"]["diff_vs_adamw"] == pytest.approx((4.0, 0.0))  # paired by seed: 64-60, 66-62
     assert not table["tasks"]["sst2"]["alphaadam"]["complete"]  # its seed 1 has not run yet
     assert table["average_tasks"] == ["rte"]  # the average covers the tasks complete for every optimizer
