@@ -27,7 +27,8 @@ What is run here (the defaults; every number is an option):
 - a Llama built from a config (``_common.tiny_llama``: hidden 96, 3 layers, 4 heads, untied embeddings, ~0.35 M
   parameters) trained from scratch, character level, on Tiny Shakespeare (``../shared/data``), batch 8 x 128
   characters, 400 steps, linear warm-up (5 %) then cosine to 0, betas (0.9, 0.95), eps 1e-8, weight decay 0.1 on
-  the >= 2-D weights only (``_common.decay_groups``);
+  the >= 2-D weights only (``_common.decay_groups``), no gradient clipping (nanoGPT, whose code the paper's
+  GPT-2 runs used, clips the gradient norm at 1.0 by default; ``--grad-clip 1`` does that here);
 - one seed fixes both the initial weights and the order of the training batches, so for a given seed every
   optimizer starts from the same model and sees the same data; the validation loss is the mean over 8 fixed
   held-out batches (the last 10 % of the text), measured at every 10 % of the steps;
@@ -44,8 +45,9 @@ spec expects a small model to reproduce. The absolute numbers cannot match the p
 
 Usage::
 
-    python -m benchmarks run ablation                 # ~25 min on 2 quiet CPU cores (1 worker), more when loaded
-    python -m benchmarks run ablation --workers 2     # two runs at a time, one thread each (same numbers)
+    python -m benchmarks run ablation                 # ~32 runs of ~45 s on a quiet core: ~25 min
+    python -m benchmarks run ablation --workers 2     # two runs at a time, one thread each: same numbers, ~15 min
+                                                      # on 2 quiet cores (73 min on this project's loaded machine)
     python -m benchmarks run ablation --quick         # smoke run (< 40 s): tiny model, 1 lr, 1 seed
     python benchmarks/ablation.py --help              # all options
 
@@ -70,8 +72,8 @@ import torch
 if __package__ in (None, ""):  # ``python benchmarks/ablation.py``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import (RESULTS, batches, char_data, decay_groups, lm_loss, mean_std, result_path,
-                                tiny_llama, warmup_cosine, write_result)
+from benchmarks._common import (RESULTS, batches, char_data, decay_groups, lm_loss, machine_info, mean_std,
+                                result_path, tiny_llama, warmup_cosine, write_result)
 
 NAME = "ablation"
 LOG = logging.getLogger("benchmarks.ablation")
@@ -165,6 +167,8 @@ def train_run(job: dict[str, Any]) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         loss = lm_loss(model, batch)
         loss.backward()
+        if settings.get("grad_clip"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings["grad_clip"])
         optimizer.step()
         schedule.step()
         train_losses.append(loss.item())
@@ -428,6 +432,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         right.plot([r["lr"] for r in sweep], [early_late(r["at_fraction"])[0] for r in sweep], marker=".",
                    ls="--", color=COLORS[variant], alpha=0.6)
     right.set_xscale("log")
+    right.minorticks_off()
     right.set_xticks(lrs, [f"{lr:g}" for lr in lrs])
     right.set_title(f"lr sweep (seed {result['settings']['sweep_seed']}): final validation loss (solid)\n"
                     "and early average of 20/40 % (dashed)")
@@ -463,6 +468,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval-batches", type=int, default=None, help="fixed validation batches (default 8)")
     parser.add_argument("--eval-points", type=int, default=10,
                         help="validation every 1/N of the steps (a multiple of 5, so that 20/40/60/100 %% are hit)")
+    parser.add_argument("--grad-clip", type=float, default=0.0,
+                        help="clip the gradient norm at this value (default 0: no clipping)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     parser.add_argument("--workers", type=int, default=1, help="runs in parallel processes (default 1)")
     args = parser.parse_args(argv)
@@ -511,13 +518,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings = {"steps": args.steps, "hidden": args.hidden, "layers": args.layers, "heads": args.heads,
                 "batch_size": args.batch_size, "context": args.context, "eval_batches": args.eval_batches,
                 "eval_points": args.eval_points, "lrs": args.lrs, "seeds": args.seeds, "sweep_seed": args.sweep_seed,
-                "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1, "warmup_fraction": 0.05,
+                "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1, "grad_clip": args.grad_clip,
+                "warmup_fraction": 0.05,
                 "schedule": "linear warm-up (5 %) then cosine to 0", "threads": args.threads,
                 "workers": args.workers, "extend": args.extend, "optimizers": args.optimizers,
                 "variants": {v: VARIANTS[v][1] or "torch.optim.AdamW" for v in args.optimizers},
                 "selection": "lowest final (100 %) validation loss of the sweep seed",
                 "final_seeds": "sweep_seed + 1 ... sweep_seed + seeds (the sweep's runs are not reused)"}
     started = time.perf_counter()
+    machine = machine_info()  # here, so that its load average is the one at the start
     _, _, vocab = _data()
     parameters = sum(p.numel() for p in tiny_llama(vocab, args.hidden, args.layers, args.heads, args.context)
                      .parameters())
@@ -530,8 +539,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sweep, runs, sweep_seconds = _phases(args, settings, pool, started)
 
     best = best_lrs(sweep)
-    result = {"settings": settings, "model_parameters": parameters, "best_lr": best, "paper_table3": PAPER,
-              "table": table(runs), "curves": mean_curves(runs), "runs": runs, "sweep": sweep,
+    result = {"machine": machine, "settings": settings, "model_parameters": parameters, "best_lr": best,
+              "paper_table3": PAPER, "table": table(runs), "curves": mean_curves(runs), "runs": runs, "sweep": sweep,
               "seconds": {"sweep": sweep_seconds, "total": time.perf_counter() - started}}
     path = write_result(result, args.output_dir, NAME, args.quick)
     plot(result, result_path(args.output_dir, NAME, args.quick, ".png"))
