@@ -35,8 +35,12 @@ tensor's name), the other factor zero (``L R = 0 = m_0``), so a run and its resu
 
 Two code paths with one signature, :func:`adapm`: ``_single_tensor_adapm`` is the per-tensor reference (the test
 oracle); ``_multi_tensor_adapm`` runs the full-momentum Adam tensors through AlphaAdam's ``torch._foreach_*`` core,
-the momentum-free Adam tensors through ``_foreach_*`` ops, and the low-rank / compact tensors one at a time with
-their row slices stacked (batched matmuls and QR).
+the momentum-free Adam tensors through ``_foreach_*`` ops, and the low-rank / compact tensors one at a time
+(``_structured_step``). The fast path does the reference's math with fewer passes over memory (results agree to
+rounding): full-size state and scratch kept in the parameter's memory order (a GPT-2 ``Conv1D`` weight is the
+transpose of its canonical matrix; state saved in the other order is re-laid out on the next step), ``m~`` as one
+``addmm``, bias corrections folded into scalars, no ``u`` / ``phi`` without a mask and alpha, and on the CPU the
+element-wise passes run over cache-sized blocks (``CACHE_BLOCK_NUMEL``) with reusable scratch buffers.
 
 Distributed: blocks with full or no momentum and Adam's v are element-wise and work on FSDP2 DTensor shards and on
 DeepSpeed ZeRO flat partitions (groups with ``whole_numel``). Low-rank factors and compact v need the whole matrix:
@@ -933,8 +937,11 @@ def _structured_step(param: Tensor, grad: Tensor, state: dict[str, Any], plan: T
     Everything full-size is kept in the parameter's canonical layout (see :func:`_empty_canonical`); a low-rank
     block's ``m~ = beta1 L R + (1 - beta1) G`` is one ``addmm`` into its buffer; the bias corrections are folded
     into scalars (``u = (s / c) m / (sqrt(V) + eps s)`` with ``s = sqrt(bc2)`` for Adam's V, or ``s = 1`` with the
-    compact V's per-row denominator). Without a mask and with ``alpha="none"`` (AdaPM's default) the step is one
-    ``addcdiv_`` per row segment straight from each segment's momentum: no ``u``, no ``phi`` is materialised.
+    compact V's per-row denominator). The element-wise tail runs block by block (:func:`_canonical_blocks`): V's
+    update, the denominator and, without a mask and with ``alpha="none"`` (AdaPM's default), the step as one
+    ``addcdiv_`` per row segment straight from each segment's momentum (no ``u``, no ``phi``). Otherwise pass 1
+    writes ``phi * u`` and the three sums of ``_masking.masked_step`` block by block, alpha comes from
+    ``alpha_from_sums``, and pass 2 applies ``W (1 - lr wd moved) - (lr alpha) (phi * u)``.
     """
     dtype = compute_dtype(param)
     G = _canonical(grad if grad.dtype == dtype else grad.to(dtype), plan)
