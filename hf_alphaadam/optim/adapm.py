@@ -539,7 +539,8 @@ def _canonical(tensor: Tensor, plan: TensorPlan) -> Tensor:
 
 
 def _refit(target: Tensor, left: Tensor, right: Tensor, iters: int) -> tuple[Tensor, Tensor]:
-    """Refit ``(L, R)`` to ``target`` (batched ``[S, rows, cols]``) by warm-started subspace iteration.
+    """Refit ``(L, R)`` to ``target`` (``[rows, cols]`` or batched ``[S, rows, cols]``) by warm-started subspace
+    iteration.
 
     The factor on the smaller side is an orthonormal basis ``Q``: ``Q <- qr(X (X^T Q)).Q`` ``iters`` times, with
     ``X = target`` (rows <= cols; ``Q = L``) or ``target^T`` (``Q = R^T``); the other factor is ``Q^T X``.
@@ -884,20 +885,6 @@ def _in_layout(state: dict[str, Any], key: str, plan: TensorPlan) -> Tensor:
     return value
 
 
-def _refit_2d(target: Tensor, left: Tensor, right: Tensor, iters: int) -> tuple[Tensor, Tensor]:
-    """:func:`_refit` for one ``[rows, cols]`` block (2-D matmuls take either layout without copying)."""
-    rows, cols = target.shape
-    if rows <= cols:
-        basis = left
-        for _ in range(iters):
-            basis = torch.linalg.qr(target @ (target.mT @ basis)).Q
-        return basis, basis.mT @ target
-    basis = right.mT
-    for _ in range(iters):
-        basis = torch.linalg.qr(target.mT @ (target @ basis)).Q
-    return target @ basis, basis.mT
-
-
 def _product_into(left: Tensor, right: Tensor, out: Tensor) -> Tensor:
     """``out = left @ right`` written into ``out`` (any BLAS-compatible layout, e.g. a column-major view)."""
     return torch.mm(left, right, out=out)
@@ -993,7 +980,7 @@ def _structured_step(param: Tensor, grad: Tensor, state: dict[str, Any], plan: T
                 target.mul_(beta1).add_(Gs, alpha=1 - beta1)
             else:  # m~ = beta1 L R + (1 - beta1) G in one pass
                 torch.addmm(Gs, lefts[k], rights[k], beta=1 - beta1, alpha=beta1, out=target)
-            L, R = _refit_2d(target, lefts[k], rights[k], refit_iters)
+            L, R = _refit(target, lefts[k], rights[k], refit_iters)
             state["lowrank_left"][k].copy_(L)
             state["lowrank_right"][k].copy_(R)
             if residual == "none":
