@@ -171,7 +171,9 @@ def prepare(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], e
             mask: str, alpha: str) -> None:
     """Compile, now, every kernel a step over these tensors will call (raises if compilation fails)."""
     names = ["apply"] + ([] if mask == "none" else ["sums_norm" if alpha == "norm" else "sums_count"])
-    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+    combinations = {(p.dtype, g.dtype, m.dtype, v.dtype, p.device): (p, g, m, v)
+                    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs)}
+    for p, g, m, v in combinations.values():  # kernels are compiled per dtype / device combination
         table = torch.ones(_N_PRE, dtype=compute_dtype(p), device=p.device)
         arguments = {"apply": (p, g, m, v, table, table[:3]), "sums_norm": (m, v, g, table),
                      "sums_count": (m, g, table)}
