@@ -98,6 +98,9 @@ def main() -> None:
     rank = trainer.args.process_index
     with open(os.path.join(cli.out_dir, f"report-rank{rank}.json"), "w") as handle:
         json.dump(report, handle)
+    if torch.distributed.is_initialized():  # shut gloo down cleanly: exiting with its threads alive can abort
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
