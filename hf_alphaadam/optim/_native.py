@@ -1,0 +1,273 @@
+"""AlphaAdam's native CPU step: a small C kernel (``_native/alphaadam_cpu.c``) that updates every fp32 tensor of a
+param group in one call, in two passes over memory per tensor.
+
+Why a C kernel: the exact AlphaAdam step needs three per-tensor sums before any element moves. Eager ops pay for
+that with ~35 passes over memory and full-size temporaries; ``torch.compile``'s CPU kernels get it down to two
+passes, but their reduction loop reads at half the memory bandwidth and each call costs tens to hundreds of
+microseconds of guard and launch overhead, for every tensor. The C kernel runs both passes over one tensor
+back to back on the same thread (the second finds the data in cache when it fits), splits large tensors over
+threads, and has one call per step.
+
+It is compiled from the shipped source with the system C compiler on first use (about a second; ``$CC`` or
+``cc``), cached under ``$HF_ALPHAADAM_CACHE`` (default ``~/.cache/hf_alphaadam``) keyed by the source, the
+compiler and the CPU, and loaded with ``ctypes``. Where no compiler works, :func:`available` is ``False`` and
+the optimizer takes another path.
+
+The math is that of ``_single_tensor_alphaadam`` operation for operation in fp32 (no FMA contraction); only the
+sums are accumulated differently (fp32 blocks, then fp64), so results agree with the reference to rounding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ._sharding import SumsReducer
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("_native") / "alphaadam_cpu.c"
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp-simd", "-fPIC", "-shared",
+         "-pthread"]
+MASKS = {"async": 0, "sync": 1, "none": 2}
+ALPHAS = {"norm": 0, "count": 1, "none": 2}
+STEP, SUMS, APPLY = 0, 1, 2
+
+StatisticsBucket = tuple[list[int], Tensor, Tensor]
+
+
+class _Options(ctypes.Structure):
+    _fields_ = [("lr", ctypes.c_double), ("beta1", ctypes.c_double), ("beta2", ctypes.c_double),
+                ("eps", ctypes.c_double), ("weight_decay", ctypes.c_double), ("alpha_max", ctypes.c_double),
+                ("mask", ctypes.c_int32), ("alpha", ctypes.c_int32), ("first_step_full", ctypes.c_int32),
+                ("maximize", ctypes.c_int32), ("threads", ctypes.c_int32), ("mode", ctypes.c_int32),
+                ("momentum_free", ctypes.c_int32)]
+
+
+_LOCK = threading.Lock()
+_LIBRARY: ctypes.CDLL | None = None
+_ERROR: str | None = None  # why the kernel is unavailable in this process
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HF_ALPHAADAM_CACHE", Path.home() / ".cache" / "hf_alphaadam"))
+
+
+def _compiler() -> str:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or "cc"
+
+
+def _cpu_key() -> str:
+    """The CPU model and flags: -march=native code must not be reused on a different CPU."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))][:2]
+        return "\n".join(lines)
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _build() -> Path:
+    """The shared library for this source, compiler and CPU, compiling it if the cache does not hold it."""
+    compiler = _compiler()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_key(),
+                                    platform.platform()]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"alphaadam_cpu_{key}.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # compile to a private name, then rename: concurrent processes (the ranks of one job) never load a torn file
+    handle, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(handle)
+    try:
+        result = subprocess.run([compiler, *FLAGS, "-o", temporary, str(SOURCE), "-lm"], capture_output=True,
+                                text=True, timeout=300)
+        if result.returncode != 0:
+            raise RuntimeError(f"{compiler} failed to build {SOURCE.name}:\n{result.stderr.strip()}")
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    logger.debug("built %s", target)
+    return target
+
+
+def _load() -> ctypes.CDLL:
+    """The loaded kernel (built on first use); raises with the reason when it cannot be built or loaded."""
+    global _LIBRARY, _ERROR
+    if _LIBRARY is not None:
+        return _LIBRARY
+    with _LOCK:
+        if _LIBRARY is None:
+            if _ERROR is not None:
+                raise RuntimeError(_ERROR)
+            try:
+                library = ctypes.CDLL(str(_build()))
+                function = library.alphaadam_cpu_f32
+                pointers = ctypes.POINTER(ctypes.c_void_p)
+                function.argtypes = [ctypes.c_int64, pointers, pointers, pointers, pointers,
+                                     ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_double),
+                                     ctypes.POINTER(ctypes.c_double), ctypes.POINTER(_Options),
+                                     ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_float),
+                                     ctypes.POINTER(ctypes.c_float)]
+                function.restype = ctypes.c_int
+                _LIBRARY = library
+            except Exception as error:  # noqa: BLE001 - no compiler, a failed build, an unloadable library
+                _ERROR = f"the native AlphaAdam kernel is unavailable: {type(error).__name__}: {error}"
+                raise RuntimeError(_ERROR) from error
+    return _LIBRARY
+
+
+def enabled() -> bool:
+    """``False`` when the environment turns the native kernel off (``HF_ALPHAADAM_NATIVE=0``)."""
+    return os.environ.get("HF_ALPHAADAM_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def available() -> bool:
+    """Whether the native kernel can be used in this process (builds it on the first call; a failed build is
+    logged once as a warning, and later calls answer ``False`` at once)."""
+    if not enabled():
+        return False
+    if _LIBRARY is not None:
+        return True
+    first_failure = _ERROR is None
+    try:
+        _load()
+    except RuntimeError as error:
+        if first_failure:
+            logger.warning("AlphaAdam: %s; using the other step paths. Set HF_ALPHAADAM_NATIVE=0 to skip the "
+                           "attempt.", str(error).splitlines()[0])
+        return False
+    return True
+
+
+def unavailable_reason() -> str | None:
+    return _ERROR
+
+
+def supports(*tensor_lists: list[Tensor]) -> bool:
+    """Whether every tensor is a plain fp32 CPU tensor (the kernel's only dtype), outside ``torch.compile``."""
+    if torch.compiler.is_compiling():
+        return False
+    return all(t is not None and t.device.type == "cpu" and t.dtype == torch.float32 and not t.is_sparse
+               for tensors in tensor_lists for t in tensors)
+
+
+def _pointers(tensors: list[Tensor]):
+    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+
+
+def _native_alphaadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    mask: str,
+    alpha: str,
+    alpha_max: float | None,
+    first_step: str,
+    maximize: bool,
+    numels: list[int] | None = None,
+    reduce_sums: SumsReducer | None = None,
+) -> list[StatisticsBucket]:
+    """The native path; same arguments, in-place effects and return value as ``_multi_tensor_alphaadam``.
+
+    Without ``reduce_sums`` one call does everything; with it (sharded tensors) one call computes the local
+    sums, ``reduce_sums`` adds them over the shards, and a second call applies the update with the global alpha.
+    """
+    if not params:
+        return []
+    function = _load().alphaadam_cpu_f32
+    n = len(params)
+    # contiguous working copies of non-contiguous tensors, written back after the step
+    work = [[t if t.is_contiguous() else t.contiguous() for t in tensors]
+            for tensors in (params, grads, exp_avgs, exp_avg_sqs)]
+    torch._foreach_add_(state_steps, 1)
+    steps = (ctypes.c_double * n)(*[float(s) for s in state_steps])
+    local_numel = [t.numel() for t in params]
+    whole = numels if numels is not None else local_numel
+    lr_value = float(lr)
+    options = _Options(lr=lr_value, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                       alpha_max=-1.0 if alpha_max is None else float(alpha_max), mask=MASKS[mask],
+                       alpha=ALPHAS[alpha], first_step_full=int(first_step == "full"), maximize=int(maximize),
+                       threads=torch.get_num_threads(), mode=STEP if reduce_sums is None else SUMS)
+    sums = torch.zeros(n, 3, dtype=torch.float64)
+    alpha_values = torch.ones(n, dtype=torch.float32)
+    arguments = [n, *[_pointers(tensors) for tensors in work], (ctypes.c_int64 * n)(*local_numel),
+                 (ctypes.c_double * n)(*[float(x) for x in whole]), steps]
+    sums_pointer = ctypes.cast(sums.data_ptr(), ctypes.POINTER(ctypes.c_double))
+    alpha_pointer = ctypes.cast(alpha_values.data_ptr(), ctypes.POINTER(ctypes.c_float))
+    status = function(*arguments, ctypes.byref(options), sums_pointer, alpha_pointer, None)
+    if status != 0:
+        raise RuntimeError(f"the native AlphaAdam kernel failed (status {status})")
+    numel = torch.tensor(whole, dtype=torch.float32)
+    if reduce_sums is not None:
+        sums = reduce_sums(sums.to(torch.float32), list(range(n)))
+        from ._masking import alpha_from_sums
+
+        alpha_values = alpha_from_sums(sums, numel, alpha, alpha_max).to(torch.float32).contiguous()
+        moved = (sums[:, 2] > 0).to(torch.float32)
+        decay = (1 - (lr_value * weight_decay) * moved).to(torch.float32).contiguous()
+        options.mode = APPLY
+        status = function(*arguments, ctypes.byref(options), None,
+                          ctypes.cast(alpha_values.data_ptr(), ctypes.POINTER(ctypes.c_float)),
+                          ctypes.cast(decay.data_ptr(), ctypes.POINTER(ctypes.c_float)))
+        if status != 0:
+            raise RuntimeError(f"the native AlphaAdam kernel failed (status {status})")
+    for originals, computed in zip((params, exp_avgs, exp_avg_sqs), (work[0], work[2], work[3])):
+        for original, result in zip(originals, computed):
+            if original is not result:
+                original.copy_(result)
+    mask_ratio = sums[:, 2].to(torch.float32) / numel
+    return [(list(range(n)), alpha_values, mask_ratio)]
+
+
+def momentum_free_adam(params: list[Tensor], grads: list[Tensor], exp_avg_sqs: list[Tensor],
+                       state_steps: list[Tensor], *, lr: float | Tensor, beta2: float, eps: float, weight_decay: float,
+                       maximize: bool) -> None:
+    """AdaPM's blocks without momentum, in one pass: ``p = p (1 - lr wd) - lr g / (sqrt(v / bc2) + eps)`` with
+    ``v`` Adam's EMA of ``g^2`` (the same arguments and effects as ``adapm._foreach_momentum_free``)."""
+    if not params:
+        return
+    function = _load().alphaadam_cpu_f32
+    n = len(params)
+    work = [[t if t.is_contiguous() else t.contiguous() for t in tensors] for tensors in (params, grads, exp_avg_sqs)]
+    torch._foreach_add_(state_steps, 1)
+    lr_value = float(lr)
+    options = _Options(lr=lr_value, beta1=0.0, beta2=beta2, eps=eps, weight_decay=weight_decay, alpha_max=-1.0,
+                       mask=MASKS["none"], alpha=ALPHAS["none"], first_step_full=1, maximize=int(maximize),
+                       threads=torch.get_num_threads(), mode=APPLY, momentum_free=1)
+    local_numel = [t.numel() for t in params]
+    alpha_values = torch.ones(n, dtype=torch.float32)
+    decay = torch.full((n,), 1 - lr_value * weight_decay, dtype=torch.float32)
+    p_pointers = _pointers(work[0])
+    status = function(n, p_pointers, _pointers(work[1]), p_pointers, _pointers(work[2]),
+                      (ctypes.c_int64 * n)(*local_numel), (ctypes.c_double * n)(*[float(x) for x in local_numel]),
+                      (ctypes.c_double * n)(*[float(s) for s in state_steps]), ctypes.byref(options), None,
+                      ctypes.cast(alpha_values.data_ptr(), ctypes.POINTER(ctypes.c_float)),
+                      ctypes.cast(decay.data_ptr(), ctypes.POINTER(ctypes.c_float)))
+    if status != 0:
+        raise RuntimeError(f"the native AlphaAdam kernel failed (status {status})")
+    for originals, computed in ((params, work[0]), (exp_avg_sqs, work[2])):
+        for original, result in zip(originals, computed):
+            if original is not result:
+                original.copy_(result)

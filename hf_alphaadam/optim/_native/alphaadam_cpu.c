@@ -1,0 +1,392 @@
+/* AlphaAdam's step for fp32 CPU tensors: two passes over memory per tensor, all tensors in one call.
+ *
+ * The update is the one of ``_single_tensor_alphaadam`` (alphaadam.py), element by element, in fp32 with the
+ * scalars rounded to fp32 as torch rounds Python floats:
+ *
+ *     g    = sign * g                                  (sign = -1 under maximize)
+ *     phi  = 1(m_prev * g > 0)   [async]   /   1(m * g > 0)   [sync]   /   1   [none, or full first step]
+ *     m    = lerp(m_prev, g, 1 - beta1)                (torch's lerp formula)
+ *     v    = v * beta2 + ((1 - beta2) * g) * g
+ *     u    = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps)
+ *     pass A: sum u^2, sum (phi u)^2, sum phi          (accumulated in fp32 blocks of BLOCK, then in fp64)
+ *     alpha from the sums (norm / count / none, clamp, 1 when the mask is empty)
+ *     pass B: p = p * decay - lr * (alpha * (phi * u)); m, v written back
+ *
+ * Pass A reads m, v, g and writes nothing; pass B reads p, g, m, v again and writes p, m, v: 10 reads/writes
+ * per element. Work is split over ``threads`` POSIX threads: a tensor of at least SPLIT_MIN elements is cut
+ * into one contiguous slice per thread (each thread's slice is read by pass A and pass B on the same core, so
+ * the second pass finds it in cache where it fits); smaller tensors go whole to one thread each.
+ *
+ * Entry points (``mode``): STEP runs pass A, alpha and pass B per tensor; SUMS only pass A (the caller adds the
+ * sums over shards); APPLY only pass B with the caller's alpha and decay. ``momentum_free`` (APPLY only) is the
+ * step of AdaPM's blocks without a first moment: u = g / (sqrt(v) / sqrt(bc2) + eps), one pass, m not touched. Built by ``_native.py`` with
+ * -O3 -ffp-contract=off -fno-math-errno (no FMA contraction: the same roundings as the eager reference).
+ */
+
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BLOCK 2048
+#define SPLIT_MIN (1 << 16)
+#define MAX_THREADS 256
+
+enum { MODE_STEP = 0, MODE_SUMS = 1, MODE_APPLY = 2 };
+enum { MASK_ASYNC = 0, MASK_SYNC = 1, MASK_NONE = 2 };
+enum { ALPHA_NORM = 0, ALPHA_COUNT = 1, ALPHA_NONE = 2 };
+
+typedef struct {
+    double lr, beta1, beta2, eps, weight_decay, alpha_max; /* alpha_max <= 0: no clamp */
+    int32_t mask, alpha, first_step_full, maximize, threads, mode;
+    int32_t momentum_free; /* APPLY only: no first moment (m unused), u = g / (sqrt(v) / sqrt(bc2) + eps) */
+} Options;
+
+typedef struct {
+    int64_t n;
+    float *const *p;
+    const float *const *g;
+    float *const *m;
+    float *const *v;
+    const int64_t *numel;       /* local element count of each tensor */
+    const double *whole_numel;  /* the whole (unsharded) tensor's count, for alpha="count" */
+    const double *steps;        /* each tensor's step t, already incremented */
+    const Options *opt;
+    double *sums;               /* out [n][3]: STEP / SUMS */
+    float *alpha;               /* out [n] (STEP) / in [n] (APPLY) */
+    const float *decay;         /* in [n] (APPLY) */
+    int threads;
+    const int64_t *owner;       /* [n]: the thread of a whole tensor, -1 for split tensors */
+    double *partial;            /* [n][threads][3]: per-thread sums of split tensors */
+    atomic_int barrier_count;
+    atomic_int barrier_sense;
+    atomic_int go;              /* 0 while threads start, 1 to run, -1 to abort (a thread failed to start) */
+} Job;
+
+typedef struct {
+    float w, one_minus_w, beta2, one_minus_beta2, bc1, bc2_sqrt, eps, sign;
+    int full, async_mask, small_weight;
+} Scalars;
+
+static Scalars scalars_for(const Job *job, int64_t i) {
+    const Options *o = job->opt;
+    double step = job->steps[i];
+    Scalars s;
+    s.w = (float)(1.0 - o->beta1);
+    s.one_minus_w = 1.0f - s.w;
+    s.small_weight = fabsf(s.w) < 0.5f;
+    s.beta2 = (float)o->beta2;
+    s.one_minus_beta2 = (float)(1.0 - o->beta2);
+    s.bc1 = (float)(1.0 - pow(o->beta1, step));
+    s.bc2_sqrt = (float)sqrt(1.0 - pow(o->beta2, step));
+    s.eps = (float)o->eps;
+    s.sign = o->maximize ? -1.0f : 1.0f;
+    s.full = o->mask == MASK_NONE || (o->first_step_full && step == 1.0);
+    s.async_mask = o->mask == MASK_ASYNC;
+    return s;
+}
+
+/* torch's lerp: start + w * (end - start) for |w| < 0.5, else end - (end - start) * (1 - w). The kernels below
+ * are inlined with the mode flags as constants (``small_weight``, ``async_mask``), so that the element loops have
+ * no branches and vectorize. */
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE float lerp(float start, float end, const Scalars *s, const int small_weight) {
+    return small_weight ? start + s->w * (end - start) : end - (end - start) * s->one_minus_w;
+}
+
+/* phi as 0/1: sign agreement of ``source`` and ``g``, or 1 everywhere when ``full`` (no branch) */
+INLINE float agreement(float source, float gk, int full) { return (float)((source * gk > 0.0f) | full); }
+
+INLINE void sums_norm_kernel(const Scalars *restrict s, const float *restrict m, const float *restrict v,
+                             const float *restrict g, int64_t lo, int64_t hi, double out[3],
+                             const int async_mask, const int small_weight) {
+    double total_u = 0.0, total_masked = 0.0, total_phi = 0.0;
+    const float sign = s->sign, beta2 = s->beta2, one_minus_beta2 = s->one_minus_beta2, bc1 = s->bc1,
+                bc2_sqrt = s->bc2_sqrt, eps = s->eps;
+    const int full = s->full;
+    for (int64_t start = lo; start < hi; start += BLOCK) {
+        const int64_t end = start + BLOCK < hi ? start + BLOCK : hi;
+        float sum_u = 0.0f, sum_masked = 0.0f, sum_phi = 0.0f;
+#pragma omp simd reduction(+ : sum_u, sum_masked, sum_phi)
+        for (int64_t k = start; k < end; k++) {
+            const float gk = sign * g[k];
+            const float m_prev = m[k];
+            const float m_new = lerp(m_prev, gk, s, small_weight);
+            const float v_new = v[k] * beta2 + (one_minus_beta2 * gk) * gk;
+            const float u = (m_new / bc1) / (sqrtf(v_new) / bc2_sqrt + eps);
+            const float phi = agreement(async_mask ? m_prev : m_new, gk, full);
+            const float masked = phi * u;
+            sum_u += u * u;
+            sum_masked += masked * masked;
+            sum_phi += phi;
+        }
+        total_u += sum_u;
+        total_masked += sum_masked;
+        total_phi += sum_phi;
+    }
+    out[0] = total_u, out[1] = total_masked, out[2] = total_phi;
+}
+
+/* alpha "count" / "none": only sum phi; v is not read */
+INLINE void sums_count_kernel(const Scalars *restrict s, const float *restrict m, const float *restrict g,
+                              int64_t lo, int64_t hi, double out[3], const int async_mask,
+                              const int small_weight) {
+    double total_phi = 0.0;
+    const float sign = s->sign;
+    const int full = s->full;
+    for (int64_t start = lo; start < hi; start += BLOCK) {
+        const int64_t end = start + BLOCK < hi ? start + BLOCK : hi;
+        float sum_phi = 0.0f;
+#pragma omp simd reduction(+ : sum_phi)
+        for (int64_t k = start; k < end; k++) {
+            const float gk = sign * g[k];
+            const float m_prev = m[k];
+            sum_phi += agreement(async_mask ? m_prev : lerp(m_prev, gk, s, small_weight), gk, full);
+        }
+        total_phi += sum_phi;
+    }
+    out[0] = 0.0, out[1] = 0.0, out[2] = total_phi;
+}
+
+INLINE void apply_kernel(const Scalars *restrict s, float *restrict p, float *restrict m, float *restrict v,
+                         const float *restrict g, int64_t lo, int64_t hi, float lr, float alpha, float decay,
+                         const int async_mask, const int small_weight) {
+    const float sign = s->sign, beta2 = s->beta2, one_minus_beta2 = s->one_minus_beta2, bc1 = s->bc1,
+                bc2_sqrt = s->bc2_sqrt, eps = s->eps;
+    const int full = s->full;
+#pragma omp simd
+    for (int64_t k = lo; k < hi; k++) {
+        const float gk = sign * g[k];
+        const float m_prev = m[k];
+        const float m_new = lerp(m_prev, gk, s, small_weight);
+        const float v_new = v[k] * beta2 + (one_minus_beta2 * gk) * gk;
+        const float u = (m_new / bc1) / (sqrtf(v_new) / bc2_sqrt + eps);
+        const float phi = agreement(async_mask ? m_prev : m_new, gk, full);
+        p[k] = p[k] * decay - lr * (alpha * (phi * u));
+        m[k] = m_new;
+        v[k] = v_new;
+    }
+}
+
+/* AdaPM's blocks without momentum: u = g / (sqrt(v / bc2) + eps), never masked; v written back, m not used */
+INLINE void apply_momentum_free_kernel(const Scalars *restrict s, float *restrict p, float *restrict v,
+                                       const float *restrict g, int64_t lo, int64_t hi, float lr, float alpha,
+                                       float decay) {
+    const float sign = s->sign, beta2 = s->beta2, one_minus_beta2 = s->one_minus_beta2, bc2_sqrt = s->bc2_sqrt,
+                eps = s->eps;
+#pragma omp simd
+    for (int64_t k = lo; k < hi; k++) {
+        const float gk = sign * g[k];
+        const float v_new = v[k] * beta2 + (one_minus_beta2 * gk) * gk;
+        const float u = gk / (sqrtf(v_new) / bc2_sqrt + eps);
+        p[k] = p[k] * decay - lr * (alpha * u);
+        v[k] = v_new;
+    }
+}
+
+/* one call of a kernel with the two mode flags as compile-time constants */
+#define DISPATCH(call, async_mask, small_weight)                       \
+    do {                                                               \
+        if (async_mask) {                                              \
+            if (small_weight) call(1, 1); else call(1, 0);             \
+        } else {                                                       \
+            if (small_weight) call(0, 1); else call(0, 0);             \
+        }                                                              \
+    } while (0)
+
+/* pass A over [lo, hi) of tensor i: out = (sum u^2, sum (phi u)^2, sum phi) */
+static void range_sums(const Job *job, int64_t i, int64_t lo, int64_t hi, double out[3]) {
+    const Scalars s = scalars_for(job, i);
+    const float *m = job->m[i], *v = job->v[i], *g = job->g[i];
+    if (job->opt->alpha == ALPHA_NORM) {
+#define CALL(a, w) sums_norm_kernel(&s, m, v, g, lo, hi, out, a, w)
+        DISPATCH(CALL, s.async_mask, s.small_weight);
+#undef CALL
+    } else {
+#define CALL(a, w) sums_count_kernel(&s, m, g, lo, hi, out, a, w)
+        DISPATCH(CALL, s.async_mask, s.small_weight);
+#undef CALL
+    }
+}
+
+/* pass B over [lo, hi) of tensor i */
+static void range_apply(const Job *job, int64_t i, int64_t lo, int64_t hi, float alpha, float decay) {
+    const Scalars s = scalars_for(job, i);
+    const float lr = (float)job->opt->lr;
+    if (job->opt->momentum_free) {
+        apply_momentum_free_kernel(&s, job->p[i], job->v[i], job->g[i], lo, hi, lr, alpha, decay);
+        return;
+    }
+#define CALL(a, w) apply_kernel(&s, job->p[i], job->m[i], job->v[i], job->g[i], lo, hi, lr, alpha, decay, a, w)
+    DISPATCH(CALL, s.async_mask, s.small_weight);
+#undef CALL
+}
+
+/* alpha_from_sums (``_masking.py``) for one tensor, in fp32 as the reference */
+static float alpha_of(const Job *job, int64_t i, const double sums[3]) {
+    const Options *o = job->opt;
+    const float sq_u = (float)sums[0], sq_masked = (float)sums[1], count = (float)sums[2];
+    float value = 1.0f;
+    if (o->alpha == ALPHA_NORM) {
+        value = sq_masked > 0.0f ? sqrtf(sq_u / sq_masked) : 1.0f;
+    } else if (o->alpha == ALPHA_COUNT) {
+        value = (float)job->whole_numel[i] / (count + 1.0f);
+    }
+    if (o->alpha_max > 0.0 && value > (float)o->alpha_max) value = (float)o->alpha_max;
+    return count > 0.0f ? value : 1.0f;
+}
+
+static float decay_of(const Job *job, const double sums[3]) {
+    const float moved = sums[2] > 0.0 ? 1.0f : 0.0f;
+    return 1.0f - (float)(job->opt->lr * job->opt->weight_decay) * moved;
+}
+
+/* sums of a mask="none" tensor without reading it: phi = 1, and alpha "norm" is exactly 1 (the sums of u^2 and
+ * (phi u)^2 are equal); (1, 1, numel) keeps that ratio when the caller adds the sums of several shards */
+static int skip_pass_a(const Job *job) { return job->opt->mask == MASK_NONE; }
+
+static void whole_tensor(Job *job, int64_t i) {
+    const int64_t n = job->numel[i];
+    double sums[3] = {1.0, 1.0, (double)n};
+    const int mode = job->opt->mode;
+    if (mode != MODE_APPLY) {
+        if (!skip_pass_a(job)) range_sums(job, i, 0, n, sums);
+        memcpy(job->sums + 3 * i, sums, sizeof sums);
+    }
+    if (mode == MODE_STEP) {
+        const float alpha = alpha_of(job, i, sums);
+        job->alpha[i] = alpha;
+        range_apply(job, i, 0, n, alpha, decay_of(job, sums));
+    } else if (mode == MODE_APPLY) {
+        range_apply(job, i, 0, n, job->alpha[i], job->decay[i]);
+    }
+}
+
+static void barrier_wait(Job *job, int *sense) {
+    *sense = !*sense;
+    if (atomic_fetch_add(&job->barrier_count, 1) == job->threads - 1) {
+        atomic_store(&job->barrier_count, 0);
+        atomic_store(&job->barrier_sense, *sense);
+    } else {
+        int spins = 0;
+        while (atomic_load(&job->barrier_sense) != *sense) {
+            if (++spins > 2000) sched_yield(); /* an oversubscribed machine: let the others run */
+        }
+    }
+}
+
+typedef struct {
+    Job *job;
+    int thread;
+} Worker;
+
+static void *work(void *arg) {
+    const Worker *worker = arg;
+    Job *job = worker->job;
+    const int t = worker->thread, threads = job->threads;
+    const int mode = job->opt->mode;
+    int sense = 0, spins = 0;
+    while (atomic_load(&job->go) == 0) {
+        if (++spins > 2000) sched_yield();
+    }
+    if (atomic_load(&job->go) < 0) return NULL;
+    for (int64_t i = 0; i < job->n; i++) { /* whole tensors first: no waiting on the others */
+        if (job->owner[i] == t) whole_tensor(job, i);
+    }
+    for (int64_t i = 0; i < job->n; i++) {
+        if (job->owner[i] != -1) continue;
+        const int64_t n = job->numel[i];
+        const int64_t lo = n * t / threads, hi = n * (t + 1) / threads;
+        double *mine = job->partial + 3 * (i * threads + t);
+        if (mode != MODE_APPLY) {
+            mine[0] = 1.0, mine[1] = 1.0, mine[2] = (double)(hi - lo);
+            if (!skip_pass_a(job)) range_sums(job, i, lo, hi, mine);
+        }
+        if (mode == MODE_STEP) {
+            barrier_wait(job, &sense);
+            double sums[3] = {0.0, 0.0, 0.0};
+            for (int k = 0; k < threads; k++) { /* the same order on every thread: the same alpha */
+                for (int c = 0; c < 3; c++) sums[c] += job->partial[3 * (i * threads + k) + c];
+            }
+            if (skip_pass_a(job)) sums[0] = sums[1] = 1.0;
+            const float alpha = alpha_of(job, i, sums);
+            if (t == 0) {
+                job->alpha[i] = alpha;
+                memcpy(job->sums + 3 * i, sums, sizeof sums);
+            }
+            range_apply(job, i, lo, hi, alpha, decay_of(job, sums));
+        } else if (mode == MODE_APPLY) {
+            range_apply(job, i, lo, hi, job->alpha[i], job->decay[i]);
+        }
+    }
+    return NULL;
+}
+
+/* Returns 0 on success, a negative number on a bad argument or a failed thread start. */
+int alphaadam_cpu_f32(int64_t n, float *const *p, const float *const *g, float *const *m, float *const *v,
+                      const int64_t *numel, const double *whole_numel, const double *steps, const Options *opt,
+                      double *sums, float *alpha, const float *decay) {
+    if (n < 0 || opt == NULL || opt->mode < MODE_STEP || opt->mode > MODE_APPLY) return -1;
+    if (opt->momentum_free && opt->mode != MODE_APPLY) return -1;
+    if (n == 0) return 0;
+    int64_t total = 0;
+    for (int64_t i = 0; i < n; i++) total += numel[i];
+    int threads = opt->threads < 1 ? 1 : (opt->threads > MAX_THREADS ? MAX_THREADS : opt->threads);
+    if (total / SPLIT_MIN < threads) threads = total / SPLIT_MIN > 1 ? (int)(total / SPLIT_MIN) : 1;
+
+    int64_t *owner = malloc(sizeof(int64_t) * n);
+    double *partial = calloc((size_t)(3 * n * threads), sizeof(double));
+    int64_t *load = calloc((size_t)threads, sizeof(int64_t));
+    if (owner == NULL || partial == NULL || load == NULL) {
+        free(owner), free(partial), free(load);
+        return -2;
+    }
+    for (int64_t i = 0; i < n; i++) { /* whole tensors to the least-loaded thread, in order */
+        if (threads > 1 && numel[i] >= SPLIT_MIN) {
+            owner[i] = -1;
+            continue;
+        }
+        int best = 0;
+        for (int t = 1; t < threads; t++) best = load[t] < load[best] ? t : best;
+        owner[i] = best;
+        load[best] += numel[i];
+    }
+
+    Job job = {.n = n, .p = p, .g = g, .m = m, .v = v, .numel = numel, .whole_numel = whole_numel,
+               .steps = steps, .opt = opt, .sums = sums, .alpha = alpha, .decay = decay, .threads = threads,
+               .owner = owner, .partial = partial};
+    atomic_init(&job.barrier_count, 0);
+    atomic_init(&job.barrier_sense, 0);
+    atomic_init(&job.go, 0);
+    Worker workers[MAX_THREADS];
+    pthread_t handles[MAX_THREADS];
+    int started = 1, status = 0;
+    for (int t = 1; t < threads; t++, started++) {
+        workers[t] = (Worker){&job, t};
+        if (pthread_create(&handles[t], NULL, work, &workers[t]) != 0) break;
+    }
+    if (started < threads) status = -3; /* the split tensors' barriers would never open: run nothing */
+    atomic_store(&job.go, status == 0 ? 1 : -1);
+    if (status == 0) {
+        workers[0] = (Worker){&job, 0};
+        work(&workers[0]);
+    }
+    for (int t = 1; t < started; t++) pthread_join(handles[t], NULL);
+    if (opt->mode == MODE_SUMS) { /* split tensors: add the per-thread sums */
+        for (int64_t i = 0; status == 0 && i < n; i++) {
+            if (owner[i] != -1) continue;
+            for (int c = 0; c < 3; c++) {
+                double total_c = 0.0;
+                for (int t = 0; t < threads; t++) total_c += partial[3 * (i * threads + t) + c];
+                sums[3 * i + c] = total_c;
+            }
+            if (skip_pass_a(&job)) sums[3 * i] = sums[3 * i + 1] = 1.0;
+        }
+    }
+    free(owner), free(partial), free(load);
+    return status;
+}
