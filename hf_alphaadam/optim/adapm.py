@@ -733,7 +733,8 @@ def _multi_tensor_adapm(
         # AlphaAdam's native kernel where it applies (fp32 CPU), its foreach path elsewhere (never a compilation)
         native = _native_applies(*full_tensors)
         full_buckets = alphaadam(
-            *full_tensors, [states[i]["step"] for i in full], foreach=None if native else True, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+            *full_tensors, [states[i]["step"] for i in full], foreach=None if native else True, lr=lr,
+            beta1=beta1, beta2=beta2, eps=eps,
             weight_decay=weight_decay, mask=mask, alpha=alpha, alpha_max=alpha_max, first_step=first_step,
             maximize=maximize, numels=numels, reduce_sums=reduce_sums)
         for positions, alpha_values, ratio in full_buckets:
@@ -1049,8 +1050,17 @@ def _structured_step(param: Tensor, grad: Tensor, state: dict[str, Any], plan: T
             if lo < hi:
                 yield part, slice(lo - seg.start, hi - seg.start), slice(lo - rs.start, hi - rs.start)
 
+    tail_done = False
+    if simple and V is not None and _native_applies([P, G, V], [part[1] for part in parts]):
+        # the same tail as the blocks below, in one native call over the row segments
+        from ._native import adapm_tail
+
+        decay = 1 - lr * weight_decay if weight_decay != 0 else 1.0
+        tail_done = adapm_tail([(P[seg.start:seg.stop], G[seg.start:seg.stop], V[seg.start:seg.stop], used,
+                                 -lr * scale / correction) for seg, used, correction, _ in parts],
+                               decay=decay, eps_scaled=eps * bc2_sqrt, beta2=beta2)
     if simple:  # phi = 1, alpha = 1: W = W (1 - lr wd) - lr u, over cache-sized blocks of columns / rows
-        for rs, cs in blocks:
+        for rs, cs in ([] if tail_done else blocks):
             denom_b = block_denominator(rs, cs)
             P_b = P[rs, cs]
             if weight_decay != 0:

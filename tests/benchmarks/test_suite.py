@@ -107,6 +107,23 @@ def test_summarize_writes_rows_between_markers(tmp_path: Path, readme: Path) -> 
     assert readme.read_text() == text  # idempotent
 
 
+def test_summarize_adds_a_benchmarks_extra_results(tmp_path: Path, readme: Path) -> None:
+    """``EXTRA_RESULTS`` (step_time's one-thread run): their rows follow the benchmark's, each with its machine; a
+    missing one is left out."""
+    results = tmp_path / "results"
+    results.mkdir()
+    machine = {"cpu": "AMD EPYC", "cpu_count": 2, "torch_threads": 2, "load_average_start": [0.5]}
+    _write(results / "alpha.json", {"value": 1.5, "machine": machine, "date": "2026-12-01T10:00:00Z"})
+    _write(results / "alpha_1thread.json", {"value": 2.5, "machine": dict(machine, torch_threads=1),
+                                            "date": "2026-12-01T11:00:00Z"})
+    module = _fake()
+    module.EXTRA_RESULTS = ("alpha_1thread", "alpha_missing")
+    lines = [line for line in write_summary(results, readme, {"alpha": module}).splitlines() if "`alpha" in line]
+    assert lines == [
+        "| `alpha` | x <= 2 | 1.5 \\| per round | meets | AMD EPYC, 2 cores, 2 threads, load 0.5; 2026-12-01 |",
+        "| `alpha_1thread` | x <= 2 | 2.5 \\| per round | meets | AMD EPYC, 2 cores, 1 thread, load 0.5; 2026-12-01 |"]
+
+
 def test_summarize_fails_loudly(tmp_path: Path, readme: Path) -> None:
     _write(tmp_path / "good.json", {"value": 1, "machine": {}})
     _write(tmp_path / "broken.json", {"value": 1, "machine": {}})

@@ -151,8 +151,8 @@ def test_default_step_takes_the_native_kernel_and_matches_reference(monkeypatch)
             assert statistics[kind][group] == pytest.approx(expected[kind][group], rel=1e-5), (kind, group)
 
 
-@pytest.mark.parametrize("options,env", [(dict(foreach=True), "1"), (dict(foreach=False), "1"), (dict(fused=False), "1"),
-                                          ({}, "0")])
+@pytest.mark.parametrize("options,env", [(dict(foreach=True), "1"), (dict(foreach=False), "1"),
+                                         (dict(fused=False), "1"), ({}, "0")])
 def test_explicit_paths_and_the_switch_keep_it_off(options, env, monkeypatch):
     monkeypatch.setenv("HF_ALPHAADAM_NATIVE", env)
     monkeypatch.setattr(_native, "_native_alphaadam", lambda *a, **k: pytest.fail("the native kernel was used"))
@@ -215,17 +215,20 @@ def test_momentum_free_step_matches_foreach_ops():
 
 GPT2_SPEC = [("transformer.wte.weight", (50, 8)), ("transformer.h.0.attn.c_attn.weight", (8, 24)),
              ("transformer.h.0.attn.c_proj.weight", (8, 8)), ("transformer.h.0.mlp.c_fc.weight", (8, 32)),
-             ("transformer.h.0.ln_1.weight", (8,)), ("transformer.h.0.mlp.c_proj.bias", (8,))]
+             ("transformer.h.0.ln_1.weight", (8,)), ("transformer.h.0.mlp.c_proj.bias", (8,)),
+             ("model.layers.0.mlp.up_proj.weight", (32, 8)), ("model.layers.0.self_attn.v_proj.weight", (8, 8))]
 
 
-@pytest.mark.parametrize("options", [dict(), dict(mask="async", alpha="norm", maximize=True)])
+@pytest.mark.parametrize("options", [dict(), dict(weight_decay=0.0, maximize=True),
+                                     dict(mask="async", alpha="norm", maximize=True)])
 def test_adapm_fp32_fast_path_with_native_kernel_equals_reference(options, monkeypatch):
     from hf_alphaadam import AdaPM
 
     calls = []
-    original_step, original_free = _native._native_alphaadam, _native.momentum_free_adam
-    monkeypatch.setattr(_native, "_native_alphaadam", lambda *a, **k: calls.append("full") or original_step(*a, **k))
-    monkeypatch.setattr(_native, "momentum_free_adam", lambda *a, **k: calls.append("none") or original_free(*a, **k))
+    originals = {name: getattr(_native, name) for name in ("_native_alphaadam", "momentum_free_adam", "adapm_tail")}
+    for name, function in originals.items():
+        monkeypatch.setattr(_native, name, lambda *a, name=name, function=function, **k: calls.append(name)
+                            or function(*a, **k))
     generator = torch.Generator().manual_seed(0)
     initial = [torch.randn(shape, generator=generator) for _, shape in GPT2_SPEC]
     runs = {}
@@ -238,7 +241,9 @@ def test_adapm_fp32_fast_path_with_native_kernel_equals_reference(options, monke
                 p.grad = torch.randn(p.shape, generator=steps)
             optimizer.step()
         runs[label] = (named, optimizer)
-    assert "full" in calls and "none" in calls  # the fast path used both native entry points
+    # every native entry point served the fast path (the low-rank tail only without mask and alpha)
+    expected = {"_native_alphaadam", "momentum_free_adam"} | ({"adapm_tail"} if "mask" not in options else set())
+    assert set(calls) == expected
     (ref_named, reference), (fast_named, fast) = runs["reference"], runs["fast"]
     for (name, a), (_, b) in zip(ref_named, fast_named):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")

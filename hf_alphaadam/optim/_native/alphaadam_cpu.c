@@ -7,12 +7,14 @@
  *     phi  = 1(m_prev * g > 0)   [async]   /   1(m * g > 0)   [sync]   /   1   [none, or full first step]
  *     m    = lerp(m_prev, g, 1 - beta1)                (torch's lerp formula)
  *     v    = v * beta2 + ((1 - beta2) * g) * g
- *     u    = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps)
+ *     u    = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps)   computed as (m * (1/bc1)) / (sqrt(v) * (1/sqrt(bc2)) + eps):
+ *                                                      one division instead of three, within an ulp or two
  *     pass A: sum u^2, sum (phi u)^2, sum phi          (accumulated in fp32 blocks of BLOCK, then in fp64)
  *     alpha from the sums (norm / count / none, clamp, 1 when the mask is empty)
  *     pass B: p = p * decay - lr * (alpha * (phi * u)); m, v written back
  *
- * Pass A reads m, v, g and writes nothing; pass B reads p, g, m, v again and writes p, m, v: 10 reads/writes
+ * Pass A reads m, v, g and writes nothing (it is compute-bound on AVX2 with three divisions: the reciprocals
+ * make it memory-bound); pass B reads p, g, m, v again and writes p, m, v: 10 reads/writes
  * per element. Work is split over ``threads`` POSIX threads: a tensor of at least SPLIT_MIN elements is cut
  * into one contiguous slice per thread (each thread's slice is read by pass A and pass B on the same core, so
  * the second pass finds it in cache where it fits); smaller tensors go whole to one thread each.
@@ -33,6 +35,7 @@
 
 #define BLOCK 2048
 #define SPLIT_MIN (1 << 16)
+#define APPLY_CHUNK (1 << 14)
 #define MAX_THREADS 256
 
 enum { MODE_STEP = 0, MODE_SUMS = 1, MODE_APPLY = 2 };
@@ -105,8 +108,8 @@ INLINE void sums_norm_kernel(const Scalars *restrict s, const float *restrict m,
                              const float *restrict g, int64_t lo, int64_t hi, double out[3],
                              const int async_mask, const int small_weight) {
     double total_u = 0.0, total_masked = 0.0, total_phi = 0.0;
-    const float sign = s->sign, beta2 = s->beta2, one_minus_beta2 = s->one_minus_beta2, bc1 = s->bc1,
-                bc2_sqrt = s->bc2_sqrt, eps = s->eps;
+    const float sign = s->sign, beta2 = s->beta2, one_minus_beta2 = s->one_minus_beta2, inv_bc1 = 1.0f / s->bc1,
+                inv_bc2_sqrt = 1.0f / s->bc2_sqrt, eps = s->eps;
     const int full = s->full;
     for (int64_t start = lo; start < hi; start += BLOCK) {
         const int64_t end = start + BLOCK < hi ? start + BLOCK : hi;
@@ -117,7 +120,7 @@ INLINE void sums_norm_kernel(const Scalars *restrict s, const float *restrict m,
             const float m_prev = m[k];
             const float m_new = lerp(m_prev, gk, s, small_weight);
             const float v_new = v[k] * beta2 + (one_minus_beta2 * gk) * gk;
-            const float u = (m_new / bc1) / (sqrtf(v_new) / bc2_sqrt + eps);
+            const float u = (m_new * inv_bc1) / (sqrtf(v_new) * inv_bc2_sqrt + eps);
             const float phi = agreement(async_mask ? m_prev : m_new, gk, full);
             const float masked = phi * u;
             sum_u += u * u;
@@ -155,8 +158,8 @@ INLINE void sums_count_kernel(const Scalars *restrict s, const float *restrict m
 INLINE void apply_kernel(const Scalars *restrict s, float *restrict p, float *restrict m, float *restrict v,
                          const float *restrict g, int64_t lo, int64_t hi, float lr, float alpha, float decay,
                          const int async_mask, const int small_weight) {
-    const float sign = s->sign, beta2 = s->beta2, one_minus_beta2 = s->one_minus_beta2, bc1 = s->bc1,
-                bc2_sqrt = s->bc2_sqrt, eps = s->eps;
+    const float sign = s->sign, beta2 = s->beta2, one_minus_beta2 = s->one_minus_beta2, inv_bc1 = 1.0f / s->bc1,
+                inv_bc2_sqrt = 1.0f / s->bc2_sqrt, eps = s->eps;
     const int full = s->full;
 #pragma omp simd
     for (int64_t k = lo; k < hi; k++) {
@@ -164,7 +167,7 @@ INLINE void apply_kernel(const Scalars *restrict s, float *restrict p, float *re
         const float m_prev = m[k];
         const float m_new = lerp(m_prev, gk, s, small_weight);
         const float v_new = v[k] * beta2 + (one_minus_beta2 * gk) * gk;
-        const float u = (m_new / bc1) / (sqrtf(v_new) / bc2_sqrt + eps);
+        const float u = (m_new * inv_bc1) / (sqrtf(v_new) * inv_bc2_sqrt + eps);
         const float phi = agreement(async_mask ? m_prev : m_new, gk, full);
         p[k] = p[k] * decay - lr * (alpha * (phi * u));
         m[k] = m_new;
@@ -213,17 +216,21 @@ static void range_sums(const Job *job, int64_t i, int64_t lo, int64_t hi, double
     }
 }
 
-/* pass B over [lo, hi) of tensor i */
+/* pass B over [lo, hi) of tensor i, in chunks from the end: the end of the range is what pass A read last, so
+ * the first chunks still find m, v and g in cache when the range is larger than the cache */
 static void range_apply(const Job *job, int64_t i, int64_t lo, int64_t hi, float alpha, float decay) {
     const Scalars s = scalars_for(job, i);
     const float lr = (float)job->opt->lr;
-    if (job->opt->momentum_free) {
-        apply_momentum_free_kernel(&s, job->p[i], job->v[i], job->g[i], lo, hi, lr, alpha, decay);
-        return;
-    }
-#define CALL(a, w) apply_kernel(&s, job->p[i], job->m[i], job->v[i], job->g[i], lo, hi, lr, alpha, decay, a, w)
-    DISPATCH(CALL, s.async_mask, s.small_weight);
+    for (int64_t end = hi; end > lo; end -= APPLY_CHUNK) {
+        const int64_t start = end - APPLY_CHUNK > lo ? end - APPLY_CHUNK : lo;
+        if (job->opt->momentum_free) {
+            apply_momentum_free_kernel(&s, job->p[i], job->v[i], job->g[i], start, end, lr, alpha, decay);
+            continue;
+        }
+#define CALL(a, w) apply_kernel(&s, job->p[i], job->m[i], job->v[i], job->g[i], start, end, lr, alpha, decay, a, w)
+        DISPATCH(CALL, s.async_mask, s.small_weight);
 #undef CALL
+    }
 }
 
 /* alpha_from_sums (``_masking.py``) for one tensor, in fp32 as the reference */
@@ -389,4 +396,103 @@ int alphaadam_cpu_f32(int64_t n, float *const *p, const float *const *g, float *
     }
     free(owner), free(partial), free(load);
     return status;
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * AdaPM's element-wise tail for a low-rank / full / momentum-free tensor without mask and alpha (AdaPM's default):
+ *
+ *     v = v * beta2 + ((1 - beta2) * g) * g;     p = p * decay + coef * (used / (sqrt(v) + eps_scaled))
+ *
+ * over "regions": row segments of the canonical matrix, each a set of ``n_runs`` equally long contiguous runs
+ * (rows of a row-major matrix, columns of a transposed one) with a run stride per array. ``used`` is the
+ * segment's momentum (the low-rank block's m~, the full m, or g itself); ``coef = -lr sqrt(bc2) / bc1`` and
+ * ``eps_scaled = eps sqrt(bc2)`` (adapm._structured_step's folded bias corrections). No reductions: the runs are
+ * simply shared out over the threads.
+ */
+typedef struct {
+    float *p;
+    const float *g;
+    float *v;
+    const float *used;
+    int64_t p_stride, g_stride, v_stride, used_stride; /* elements between consecutive runs */
+    int64_t n_runs, run_len;
+    float coef, decay, eps_scaled, beta2, one_minus_beta2;
+} Region;
+
+typedef struct {
+    const Region *regions;
+    int64_t n_regions;
+    int threads, thread;
+} TailWorker;
+
+INLINE void tail_run(const Region *r, float *restrict p, const float *restrict g, float *restrict v,
+                     const float *restrict used, int64_t lo, int64_t hi) {
+    const float beta2 = r->beta2, one_minus_beta2 = r->one_minus_beta2, eps = r->eps_scaled, coef = r->coef,
+                decay = r->decay;
+#pragma omp simd
+    for (int64_t k = lo; k < hi; k++) {
+        const float gk = g[k];
+        const float v_new = v[k] * beta2 + (one_minus_beta2 * gk) * gk;
+        v[k] = v_new;
+        p[k] = p[k] * decay + coef * (used[k] / (sqrtf(v_new) + eps));
+    }
+}
+
+static void *tail_work(void *arg) {
+    const TailWorker *w = arg;
+    int same_runs = w->n_regions > 0 && w->regions[0].n_runs >= w->threads;
+    for (int64_t i = 1; same_runs && i < w->n_regions; i++) same_runs = w->regions[i].n_runs == w->regions[0].n_runs;
+    if (same_runs) {
+        /* the segments of one tensor side by side (e.g. q | k | v of a transposed c_attn: run j of every segment
+         * is one column, contiguous in p, g and v): run j of every region in turn, so memory is read in order */
+        const int64_t n_runs = w->regions[0].n_runs;
+        const int64_t first = n_runs * w->thread / w->threads, last = n_runs * (w->thread + 1) / w->threads;
+        for (int64_t j = first; j < last; j++) {
+            for (int64_t i = 0; i < w->n_regions; i++) {
+                const Region *r = &w->regions[i];
+                tail_run(r, r->p + j * r->p_stride, r->g + j * r->g_stride, r->v + j * r->v_stride,
+                         r->used + j * r->used_stride, 0, r->run_len);
+            }
+        }
+        return NULL;
+    }
+    for (int64_t i = 0; i < w->n_regions; i++) {
+        const Region *r = &w->regions[i];
+        if (r->n_runs >= w->threads) { /* whole runs per thread */
+            const int64_t first = r->n_runs * w->thread / w->threads, last = r->n_runs * (w->thread + 1) / w->threads;
+            for (int64_t j = first; j < last; j++) {
+                tail_run(r, r->p + j * r->p_stride, r->g + j * r->g_stride, r->v + j * r->v_stride,
+                         r->used + j * r->used_stride, 0, r->run_len);
+            }
+        } else { /* few long runs: cut each one */
+            const int64_t lo = r->run_len * w->thread / w->threads, hi = r->run_len * (w->thread + 1) / w->threads;
+            for (int64_t j = 0; j < r->n_runs; j++) {
+                tail_run(r, r->p + j * r->p_stride, r->g + j * r->g_stride, r->v + j * r->v_stride,
+                         r->used + j * r->used_stride, lo, hi);
+            }
+        }
+    }
+    return NULL;
+}
+
+/* Returns 0 on success, -1 on a bad argument. A thread that fails to start has its share run by the caller. */
+int adapm_tail_f32(int64_t n_regions, const Region *regions, int32_t threads) {
+    if (n_regions < 0 || (n_regions > 0 && regions == NULL)) return -1;
+    int64_t total = 0;
+    for (int64_t i = 0; i < n_regions; i++) total += regions[i].n_runs * regions[i].run_len;
+    threads = threads < 1 ? 1 : (threads > MAX_THREADS ? MAX_THREADS : threads);
+    if (total / SPLIT_MIN < threads) threads = total / SPLIT_MIN > 1 ? (int)(total / SPLIT_MIN) : 1;
+    TailWorker workers[MAX_THREADS];
+    pthread_t handles[MAX_THREADS];
+    for (int t = 0; t < threads; t++) workers[t] = (TailWorker){regions, n_regions, threads, t};
+    int started = 1;
+    for (int t = 1; t < threads; t++, started++) {
+        if (pthread_create(&handles[t], NULL, tail_work, &workers[t]) != 0) break;
+    }
+    if (started < threads) { /* run the missing workers' shares here: each share is independent */
+        for (int t = started; t < threads; t++) tail_work(&workers[t]);
+    }
+    tail_work(&workers[0]);
+    for (int t = 1; t < started; t++) pthread_join(handles[t], NULL);
+    return 0;
 }
