@@ -268,8 +268,7 @@ def default_path(params: list[torch.Tensor]) -> str:
     from hf_alphaadam.optim import _native
     from hf_alphaadam.optim.alphaadam import AUTO_COMPILE_MIN_NUMEL
 
-    if _native.enabled() and _native.supports(params, [p.grad for p in params], params, params) and \
-            _native.available():
+    if _native.applies(params, [p.grad for p in params]):
         return "native"
     return "compiled" if sum(p.numel() for p in params) >= AUTO_COMPILE_MIN_NUMEL else "foreach"
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ._masking import alpha_from_sums
 from ._sharding import SumsReducer
 
 logger = logging.getLogger(__name__)
@@ -177,8 +178,45 @@ def supports(*tensor_lists: list[Tensor]) -> bool:
                for tensors in tensor_lists for t in tensors)
 
 
+def applies(*tensor_lists: list[Tensor]) -> bool:
+    """Whether the native kernel serves a step over these tensors: turned on, every tensor a plain fp32 CPU
+    tensor, and the kernel built here (the first call builds it)."""
+    return enabled() and supports(*tensor_lists) and available()
+
+
 def _pointers(tensors: list[Tensor]):
     return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+
+
+def _pointer(tensor: Tensor | None, kind: type):
+    return None if tensor is None else ctypes.cast(tensor.data_ptr(), ctypes.POINTER(kind))
+
+
+def _working_copies(*tensor_lists: list[Tensor]) -> list[list[Tensor]]:
+    """The tensors themselves where contiguous, contiguous copies (written back by :func:`_write_back`) elsewhere."""
+    return [[t if t.is_contiguous() else t.contiguous() for t in tensors] for tensors in tensor_lists]
+
+
+def _write_back(originals: list[Tensor], computed: list[Tensor]) -> None:
+    for original, result in zip(originals, computed):
+        if original is not result:
+            original.copy_(result)
+
+
+def _tensor_arguments(tensors: list[list[Tensor]], whole_numels: list[int], state_steps: list[Tensor]) -> list:
+    """The kernel's leading arguments: count, (p, g, m, v) pointer arrays, local and whole sizes, the steps."""
+    n = len(tensors[0])
+    return [n, *[_pointers(values) for values in tensors], (ctypes.c_int64 * n)(*[t.numel() for t in tensors[0]]),
+            (ctypes.c_double * n)(*[float(x) for x in whole_numels]),
+            (ctypes.c_double * n)(*[float(s) for s in state_steps])]
+
+
+def _call(arguments: list, options: _Options, sums: Tensor | None, alpha: Tensor | None,
+          decay: Tensor | None) -> None:
+    status = _load().alphaadam_cpu_f32(*arguments, ctypes.byref(options), _pointer(sums, ctypes.c_double),
+                                       _pointer(alpha, ctypes.c_float), _pointer(decay, ctypes.c_float))
+    if status != 0:
+        raise RuntimeError(f"the native AlphaAdam kernel failed (status {status})")
 
 
 def _native_alphaadam(
@@ -208,47 +246,29 @@ def _native_alphaadam(
     """
     if not params:
         return []
-    function = _load().alphaadam_cpu_f32
     n = len(params)
-    # contiguous working copies of non-contiguous tensors, written back after the step
-    work = [[t if t.is_contiguous() else t.contiguous() for t in tensors]
-            for tensors in (params, grads, exp_avgs, exp_avg_sqs)]
+    work = _working_copies(params, grads, exp_avgs, exp_avg_sqs)
     torch._foreach_add_(state_steps, 1)
-    steps = (ctypes.c_double * n)(*[float(s) for s in state_steps])
-    local_numel = [t.numel() for t in params]
-    whole = numels if numels is not None else local_numel
+    whole = numels if numels is not None else [t.numel() for t in params]
     lr_value = float(lr)
     options = _Options(lr=lr_value, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                        alpha_max=-1.0 if alpha_max is None else float(alpha_max), mask=MASKS[mask],
                        alpha=ALPHAS[alpha], first_step_full=int(first_step == "full"), maximize=int(maximize),
                        threads=torch.get_num_threads(), mode=STEP if reduce_sums is None else SUMS)
+    arguments = _tensor_arguments(work, whole, state_steps)
     sums = torch.zeros(n, 3, dtype=torch.float64)
     alpha_values = torch.ones(n, dtype=torch.float32)
-    arguments = [n, *[_pointers(tensors) for tensors in work], (ctypes.c_int64 * n)(*local_numel),
-                 (ctypes.c_double * n)(*[float(x) for x in whole]), steps]
-    sums_pointer = ctypes.cast(sums.data_ptr(), ctypes.POINTER(ctypes.c_double))
-    alpha_pointer = ctypes.cast(alpha_values.data_ptr(), ctypes.POINTER(ctypes.c_float))
-    status = function(*arguments, ctypes.byref(options), sums_pointer, alpha_pointer, None)
-    if status != 0:
-        raise RuntimeError(f"the native AlphaAdam kernel failed (status {status})")
+    _call(arguments, options, sums, alpha_values if reduce_sums is None else None, None)
     numel = torch.tensor(whole, dtype=torch.float32)
     if reduce_sums is not None:
         sums = reduce_sums(sums.to(torch.float32), list(range(n)))
-        from ._masking import alpha_from_sums
-
         alpha_values = alpha_from_sums(sums, numel, alpha, alpha_max).to(torch.float32).contiguous()
         moved = (sums[:, 2] > 0).to(torch.float32)
         decay = (1 - (lr_value * weight_decay) * moved).to(torch.float32).contiguous()
         options.mode = APPLY
-        status = function(*arguments, ctypes.byref(options), None,
-                          ctypes.cast(alpha_values.data_ptr(), ctypes.POINTER(ctypes.c_float)),
-                          ctypes.cast(decay.data_ptr(), ctypes.POINTER(ctypes.c_float)))
-        if status != 0:
-            raise RuntimeError(f"the native AlphaAdam kernel failed (status {status})")
+        _call(arguments, options, None, alpha_values, decay)
     for originals, computed in zip((params, exp_avgs, exp_avg_sqs), (work[0], work[2], work[3])):
-        for original, result in zip(originals, computed):
-            if original is not result:
-                original.copy_(result)
+        _write_back(originals, computed)
     mask_ratio = sums[:, 2].to(torch.float32) / numel
     return [(list(range(n)), alpha_values, mask_ratio)]
 
@@ -260,29 +280,18 @@ def momentum_free_adam(params: list[Tensor], grads: list[Tensor], exp_avg_sqs: l
     ``v`` Adam's EMA of ``g^2`` (the same arguments and effects as ``adapm._foreach_momentum_free``)."""
     if not params:
         return
-    function = _load().alphaadam_cpu_f32
     n = len(params)
-    work = [[t if t.is_contiguous() else t.contiguous() for t in tensors] for tensors in (params, grads, exp_avg_sqs)]
+    p, g, v = _working_copies(params, grads, exp_avg_sqs)
     torch._foreach_add_(state_steps, 1)
     lr_value = float(lr)
     options = _Options(lr=lr_value, beta1=0.0, beta2=beta2, eps=eps, weight_decay=weight_decay, alpha_max=-1.0,
                        mask=MASKS["none"], alpha=ALPHAS["none"], first_step_full=1, maximize=int(maximize),
                        threads=torch.get_num_threads(), mode=APPLY, momentum_free=1)
-    local_numel = [t.numel() for t in params]
-    alpha_values = torch.ones(n, dtype=torch.float32)
-    decay = torch.full((n,), 1 - lr_value * weight_decay, dtype=torch.float32)
-    p_pointers = _pointers(work[0])
-    status = function(n, p_pointers, _pointers(work[1]), p_pointers, _pointers(work[2]),
-                      (ctypes.c_int64 * n)(*local_numel), (ctypes.c_double * n)(*[float(x) for x in local_numel]),
-                      (ctypes.c_double * n)(*[float(s) for s in state_steps]), ctypes.byref(options), None,
-                      ctypes.cast(alpha_values.data_ptr(), ctypes.POINTER(ctypes.c_float)),
-                      ctypes.cast(decay.data_ptr(), ctypes.POINTER(ctypes.c_float)))
-    if status != 0:
-        raise RuntimeError(f"the native AlphaAdam kernel failed (status {status})")
-    for originals, computed in ((params, work[0]), (exp_avg_sqs, work[2])):
-        for original, result in zip(originals, computed):
-            if original is not result:
-                original.copy_(result)
+    arguments = _tensor_arguments([p, g, p, v], [t.numel() for t in p], state_steps)  # m: unused, any pointer
+    _call(arguments, options, None, torch.ones(n, dtype=torch.float32),
+          torch.full((n,), 1 - lr_value * weight_decay, dtype=torch.float32))
+    _write_back(params, p)
+    _write_back(exp_avg_sqs, v)
 
 
 def _runs(view: Tensor, run_axis: int) -> tuple[int, int, int] | None:

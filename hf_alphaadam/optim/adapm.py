@@ -62,6 +62,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import _get_scalar_dtype, _get_value
 
 from ._base import StatisticsMixin, check_adam_hyperparameters, check_dense_grad, check_param_groups
+from . import _native
 from ._masking import alpha_from_sums, masked_step, sign_agreement, validate_mask_options
 from ._policy import (
     GROUP_POLICIES,
@@ -731,7 +732,7 @@ def _multi_tensor_adapm(
         full_tensors = ([local(params[i]) for i in full], [local(grads[i]) for i in full],
                         [local(states[i]["exp_avg"]) for i in full], [local(states[i]["exp_avg_sq"]) for i in full])
         # AlphaAdam's native kernel where it applies (fp32 CPU), its foreach path elsewhere (never a compilation)
-        native = _native_applies(*full_tensors)
+        native = _native.applies(*full_tensors)
         full_buckets = alphaadam(
             *full_tensors, [states[i]["step"] for i in full], foreach=None if native else True, lr=lr,
             beta1=beta1, beta2=beta2, eps=eps,
@@ -743,8 +744,8 @@ def _multi_tensor_adapm(
         none_tensors = ([local(params[i]) for i in none], [local(grads[i]) for i in none],
                         [local(states[i]["exp_avg_sq"]) for i in none], [states[i]["step"] for i in none])
         momentum_free = _foreach_momentum_free
-        if _native_applies(*none_tensors[:3]):
-            from ._native import momentum_free_adam as momentum_free
+        if _native.applies(*none_tensors[:3]):
+            momentum_free = _native.momentum_free_adam
         momentum_free(*none_tensors, lr=lr, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize)
         ones = torch.ones(len(none), device=params[none[0]].device)
         buckets.append((none, ones, ones.clone()))
@@ -760,13 +761,6 @@ def _multi_tensor_adapm(
             ratios.append(ratio.float())
         buckets.append((structured, torch.stack(alphas), torch.stack(ratios)))
     return buckets
-
-
-def _native_applies(*tensor_lists: list[Tensor]) -> bool:
-    """Whether the native C kernel (``_native.py``) can step these tensors: fp32 CPU tensors, the kernel built."""
-    from . import _native
-
-    return _native.enabled() and _native.supports(*tensor_lists) and _native.available()
 
 
 def _foreach_momentum_free(params: list[Tensor], grads: list[Tensor], exp_avg_sqs: list[Tensor],
@@ -1050,17 +1044,13 @@ def _structured_step(param: Tensor, grad: Tensor, state: dict[str, Any], plan: T
             if lo < hi:
                 yield part, slice(lo - seg.start, hi - seg.start), slice(lo - rs.start, hi - rs.start)
 
-    tail_done = False
-    if simple and V is not None and _native_applies([P, G, V], [part[1] for part in parts]):
-        # the same tail as the blocks below, in one native call over the row segments
-        from ._native import adapm_tail
-
-        decay = 1 - lr * weight_decay if weight_decay != 0 else 1.0
-        tail_done = adapm_tail([(P[seg.start:seg.stop], G[seg.start:seg.stop], V[seg.start:seg.stop], used,
-                                 -lr * scale / correction) for seg, used, correction, _ in parts],
-                               decay=decay, eps_scaled=eps * bc2_sqrt, beta2=beta2)
-    if simple:  # phi = 1, alpha = 1: W = W (1 - lr wd) - lr u, over cache-sized blocks of columns / rows
-        for rs, cs in ([] if tail_done else blocks):
+    if simple:  # phi = 1, alpha = 1: W = W (1 - lr wd) - lr u
+        # fp32 on the CPU: one native pass over the row segments; else torch ops over cache-sized blocks
+        native = V is not None and _native.applies([P, G, V], [part[1] for part in parts]) and _native.adapm_tail(
+            [(P[seg.start:seg.stop], G[seg.start:seg.stop], V[seg.start:seg.stop], used, -lr * scale / correction)
+             for seg, used, correction, _ in parts],
+            decay=1 - lr * weight_decay if weight_decay != 0 else 1.0, eps_scaled=eps * bc2_sqrt, beta2=beta2)
+        for rs, cs in ([] if native else blocks):
             denom_b = block_denominator(rs, cs)
             P_b = P[rs, cs]
             if weight_decay != 0:

@@ -43,7 +43,7 @@ from torch.optim.optimizer import _get_scalar_dtype, _get_value
 
 from ._base import StatisticsMixin, check_adam_hyperparameters, check_dense_grad, check_param_groups
 from ._masking import alpha_from_sums, masked_step, sign_agreement, validate_mask_options
-from . import _quantized
+from . import _native, _quantized
 from ._sharding import SumsReducer, dtensor_sums_reducer, is_dtensor, local, partition_sums_reducer
 from ._state import compute_dtype, resolve_state_dtype, state_dtype_for
 
@@ -399,9 +399,7 @@ def alphaadam(
     tensors = (params, grads, exp_avgs, exp_avg_sqs, state_steps)
     whole_numels = numels if numels is not None else [p.numel() for p in params]
     if fused is not False and (foreach is None or fused) and params and _native_step_ready(tensors):
-        from ._native import _native_alphaadam
-
-        return _native_alphaadam(*tensors, numels=numels, reduce_sums=reduce_sums, **options)
+        return _native._native_alphaadam(*tensors, numels=numels, reduce_sums=reduce_sums, **options)
     if fused is None and foreach is None and sum(whole_numels) >= AUTO_COMPILE_MIN_NUMEL and params:
         fused = _compiled_step_ready(tensors, whole_numels, mask, alpha)
     if fused:
@@ -414,13 +412,7 @@ def alphaadam(
 def _native_step_ready(tensors: tuple[list[Tensor], ...]) -> bool:
     """Whether the native C kernel serves this step: every tensor a plain fp32 CPU tensor, the kernel built here
     (the first call builds it, about a second; a failure is logged once and the other paths are used)."""
-    from . import _native
-
-    if not _native.enabled():
-        return False
-    if not _native.supports(*[[local(t) for t in values] for values in tensors[:4]]):
-        return False
-    return _native.available()
+    return _native.applies(*[[local(t) for t in values] for values in tensors[:4]])
 
 
 def _compiled_step_ready(tensors: tuple[list[Tensor], ...], whole_numels: list[int], mask: str, alpha: str) -> bool:

@@ -400,6 +400,23 @@ def test_resume_bit_exact(dtype):
             assert torch.equal(value, resumed.state[q][key]), key
 
 
+def _step_both_and_compare(reference, fast, ref_params, fast_params, dtype, steps: int) -> None:
+    """Step the reference loop and the fast path on the same gradients; parameters and every state entry agree
+    (fp64: to 1e-10; bf16: to its rounding)."""
+    rtol, atol = (1e-10, 1e-12) if dtype == torch.float64 else (0, 1e-2)
+    for step in range(steps):
+        grads = random_grads([p for _, p in ref_params], step, none_every=5)
+        set_grads([p for _, p in ref_params], grads)
+        set_grads([p for _, p in fast_params], grads)
+        reference.step()
+        fast.step()
+    for (_, a), (_, b) in zip(ref_params, fast_params):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+        for key, value in reference.state[a].items():
+            torch.testing.assert_close(value, fast.state[b][key], rtol=max(rtol, 1e-4 if dtype != torch.float64 else 0),
+                                       atol=max(atol, 1e-5 if dtype != torch.float64 else 0), msg=key)
+
+
 @pytest.mark.parametrize("options", [
     dict(mask="async", alpha="norm"),
     dict(mask="sync", alpha="count", second_moment="mini", head_dim=2),
@@ -414,18 +431,7 @@ def test_reference_equals_fast_path(options, dtype):
     kwargs = dict(rank=2, lr=1e-2, lowrank_modules=r"gate_proj", **options)
     reference = AdaPM(ref_params, foreach=False, **kwargs)
     fast = AdaPM(fast_params, foreach=True, **kwargs)
-    rtol, atol = (1e-10, 1e-12) if dtype == torch.float64 else (0, 1e-2)
-    for step in range(8):
-        grads = random_grads([p for _, p in ref_params], step, none_every=5)
-        set_grads([p for _, p in ref_params], grads)
-        set_grads([p for _, p in fast_params], grads)
-        reference.step()
-        fast.step()
-    for (_, a), (_, b) in zip(ref_params, fast_params):
-        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
-        for key, value in reference.state[a].items():
-            torch.testing.assert_close(value, fast.state[b][key], rtol=max(rtol, 1e-4 if dtype != torch.float64 else 0),
-                                       atol=max(atol, 1e-5 if dtype != torch.float64 else 0), msg=key)
+    _step_both_and_compare(reference, fast, ref_params, fast_params, dtype, steps=8)
     ref_stats = reference.statistics(per_tensor=True)["tensors"]
     fast_stats = fast.statistics(per_tensor=True)["tensors"]
     assert ref_stats.keys() == fast_stats.keys()
@@ -528,18 +534,7 @@ def test_fast_path_cache_blocks_equal_reference(monkeypatch, options, dtype):
     reference = AdaPM(ref_params, foreach=False, **kwargs)
     fast = AdaPM(fast_params, foreach=True, **kwargs)
     assert fast.plans()[6].transposed and fast.plans()[6].describe_momentum() == "lowrank(r=2)"
-    rtol, atol = (1e-10, 1e-12) if dtype == torch.float64 else (0, 1e-2)
-    for step in range(6):
-        grads = random_grads([p for _, p in ref_params], step, none_every=5)
-        set_grads([p for _, p in ref_params], grads)
-        set_grads([p for _, p in fast_params], grads)
-        reference.step()
-        fast.step()
-    for (_, a), (_, b) in zip(ref_params, fast_params):
-        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
-        for key, value in reference.state[a].items():
-            torch.testing.assert_close(value, fast.state[b][key], rtol=max(rtol, 1e-4 if dtype != torch.float64 else 0),
-                                       atol=max(atol, 1e-5 if dtype != torch.float64 else 0), msg=key)
+    _step_both_and_compare(reference, fast, ref_params, fast_params, dtype, steps=6)
 
 
 def test_state_in_parameter_layout_and_old_layout_resumes():

@@ -70,7 +70,7 @@ typedef struct {
 } Job;
 
 typedef struct {
-    float w, one_minus_w, beta2, one_minus_beta2, bc1, bc2_sqrt, eps, sign;
+    float w, one_minus_w, beta2, one_minus_beta2, bc2_sqrt, inv_bc1, inv_bc2_sqrt, eps, sign;
     int full, async_mask, small_weight;
 } Scalars;
 
@@ -83,8 +83,9 @@ static Scalars scalars_for(const Job *job, int64_t i) {
     s.small_weight = fabsf(s.w) < 0.5f;
     s.beta2 = (float)o->beta2;
     s.one_minus_beta2 = (float)(1.0 - o->beta2);
-    s.bc1 = (float)(1.0 - pow(o->beta1, step));
     s.bc2_sqrt = (float)sqrt(1.0 - pow(o->beta2, step));
+    s.inv_bc1 = 1.0f / (float)(1.0 - pow(o->beta1, step));
+    s.inv_bc2_sqrt = 1.0f / s.bc2_sqrt;
     s.eps = (float)o->eps;
     s.sign = o->maximize ? -1.0f : 1.0f;
     s.full = o->mask == MASK_NONE || (o->first_step_full && step == 1.0);
@@ -104,28 +105,36 @@ INLINE float lerp(float start, float end, const Scalars *s, const int small_weig
 /* phi as 0/1: sign agreement of ``source`` and ``g``, or 1 everywhere when ``full`` (no branch) */
 INLINE float agreement(float source, float gk, int full) { return (float)((source * gk > 0.0f) | full); }
 
+/* one element of step t: the new moments, the direction u and the mask phi (the update rule at the top) */
+typedef struct {
+    float m, v, u, phi;
+} Element;
+
+INLINE Element element(const Scalars *restrict s, float m_prev, float v_prev, float g_raw, const int async_mask,
+                       const int small_weight) {
+    Element e;
+    const float gk = s->sign * g_raw;
+    e.m = lerp(m_prev, gk, s, small_weight);
+    e.v = v_prev * s->beta2 + (s->one_minus_beta2 * gk) * gk;
+    e.u = (e.m * s->inv_bc1) / (sqrtf(e.v) * s->inv_bc2_sqrt + s->eps);
+    e.phi = agreement(async_mask ? m_prev : e.m, gk, s->full);
+    return e;
+}
+
 INLINE void sums_norm_kernel(const Scalars *restrict s, const float *restrict m, const float *restrict v,
                              const float *restrict g, int64_t lo, int64_t hi, double out[3],
                              const int async_mask, const int small_weight) {
     double total_u = 0.0, total_masked = 0.0, total_phi = 0.0;
-    const float sign = s->sign, beta2 = s->beta2, one_minus_beta2 = s->one_minus_beta2, inv_bc1 = 1.0f / s->bc1,
-                inv_bc2_sqrt = 1.0f / s->bc2_sqrt, eps = s->eps;
-    const int full = s->full;
     for (int64_t start = lo; start < hi; start += BLOCK) {
         const int64_t end = start + BLOCK < hi ? start + BLOCK : hi;
         float sum_u = 0.0f, sum_masked = 0.0f, sum_phi = 0.0f;
 #pragma omp simd reduction(+ : sum_u, sum_masked, sum_phi)
         for (int64_t k = start; k < end; k++) {
-            const float gk = sign * g[k];
-            const float m_prev = m[k];
-            const float m_new = lerp(m_prev, gk, s, small_weight);
-            const float v_new = v[k] * beta2 + (one_minus_beta2 * gk) * gk;
-            const float u = (m_new * inv_bc1) / (sqrtf(v_new) * inv_bc2_sqrt + eps);
-            const float phi = agreement(async_mask ? m_prev : m_new, gk, full);
-            const float masked = phi * u;
-            sum_u += u * u;
+            const Element e = element(s, m[k], v[k], g[k], async_mask, small_weight);
+            const float masked = e.phi * e.u;
+            sum_u += e.u * e.u;
             sum_masked += masked * masked;
-            sum_phi += phi;
+            sum_phi += e.phi;
         }
         total_u += sum_u;
         total_masked += sum_masked;
@@ -158,20 +167,12 @@ INLINE void sums_count_kernel(const Scalars *restrict s, const float *restrict m
 INLINE void apply_kernel(const Scalars *restrict s, float *restrict p, float *restrict m, float *restrict v,
                          const float *restrict g, int64_t lo, int64_t hi, float lr, float alpha, float decay,
                          const int async_mask, const int small_weight) {
-    const float sign = s->sign, beta2 = s->beta2, one_minus_beta2 = s->one_minus_beta2, inv_bc1 = 1.0f / s->bc1,
-                inv_bc2_sqrt = 1.0f / s->bc2_sqrt, eps = s->eps;
-    const int full = s->full;
 #pragma omp simd
     for (int64_t k = lo; k < hi; k++) {
-        const float gk = sign * g[k];
-        const float m_prev = m[k];
-        const float m_new = lerp(m_prev, gk, s, small_weight);
-        const float v_new = v[k] * beta2 + (one_minus_beta2 * gk) * gk;
-        const float u = (m_new * inv_bc1) / (sqrtf(v_new) * inv_bc2_sqrt + eps);
-        const float phi = agreement(async_mask ? m_prev : m_new, gk, full);
-        p[k] = p[k] * decay - lr * (alpha * (phi * u));
-        m[k] = m_new;
-        v[k] = v_new;
+        const Element e = element(s, m[k], v[k], g[k], async_mask, small_weight);
+        p[k] = p[k] * decay - lr * (alpha * (e.phi * e.u));
+        m[k] = e.m;
+        v[k] = e.v;
     }
 }
 
