@@ -6,8 +6,9 @@ full, q / k / MLP low-rank). What is measured: the final validation loss (mean o
 the last 10 % of the text) and AdaPM's gap to AdamW; also the optimizer-state bytes after training. Target: AdaPM
 within 1 % of AdamW.
 
-    python -m benchmarks run adapm_convergence                                  # 600 steps, batch 16 x 128
-    python -m benchmarks run adapm_convergence --steps 150 --batch 8 --seq 64   # what results/ holds (~12 min)
+    python -m benchmarks run adapm_convergence                                  # 600 steps, batch 16 x 128:
+                                                                                # what results/ holds (~3-4 min)
+    python -m benchmarks run adapm_convergence --steps 150 --batch 8 --seq 64   # a shorter run
     python -m benchmarks run adapm_convergence --quick   # hidden 32 / 2 layers, 20 steps: ~5 s after imports
 
 Prints a table, writes ``benchmarks/results/adapm_convergence[_quick].json`` and ``.png`` (``--output-dir`` to
