@@ -12,7 +12,8 @@ machine hit every optimizer alike; ratios are the median over rounds of the per-
 ``foreach`` (``foreach=True``), ``native`` (the C kernel of ``_native.py``, the default for fp32 CPU tensors),
 ``compiled`` (``fused=True`` with the native kernel turned off: the torch.compile kernels, the default for large
 groups elsewhere) and ``loop`` (the reference). The ``optim=<name>`` rows are the Trainer plugin's registered
-optimizers with their defaults, each with its own state. Targets (issue 8): AlphaAdam's default step <= 1.0x
+optimizers with their defaults, each with its own state; ``AdaPM tensor_threads=1`` is AdaPM's default with its
+low-rank tensors stepped one at a time instead of in worker threads. Targets (issue 8): AlphaAdam's default step <= 1.0x
 AdamW foreach, its fastest path <= 1.6x torch's fused AdamW, AdaPM's default step <= 1.10x AdamW foreach.
 
     python -m benchmarks run step_time             # full GPT-2 small (a few minutes on 2 cores)
@@ -67,6 +68,8 @@ ADAPM_TARGET = 1.10  # AdaPM's default step within 10 % of AdamW foreach's
 # every name registered with the Trainer plugin, built with its registered defaults (and the class defaults:
 # fused=None, so AlphaAdam compiles groups of >= 2^24 elements); these keep their own state
 REGISTERED_PREFIX = "optim="
+# AdaPM's default with its low-rank tensors stepped one after another (no worker threads; ``_tensor_threads.py``)
+ADAPM_SERIAL = "AdaPM tensor_threads=1"
 # the stored one-thread run (``--threads 1 --name step_time_1thread``): ``summarize`` adds its rows to the table
 EXTRA_RESULTS = ("step_time_1thread",)
 
@@ -125,7 +128,7 @@ def build_optimizers(params: list[torch.Tensor], names: list[str], lr: float
              "async+count": ("async", "count"), "sync+norm": ("sync", "norm"), "async+none": ("async", "none")}
     optimizers: dict[str, tuple[torch.optim.Optimizer, Callable]] = {}
     for name in names:
-        if name.startswith(REGISTERED_PREFIX):
+        if name.startswith(REGISTERED_PREFIX) or name == ADAPM_SERIAL:
             continue  # built by build_registered (named parameters, own state)
         if name.startswith("AdamW"):
             kind = name.split()[1]
@@ -146,7 +149,8 @@ def build_optimizers(params: list[torch.Tensor], names: list[str], lr: float
 
 def build_registered(named: list[tuple[str, torch.Tensor]], names: list[str], lr: float
                      ) -> dict[str, tuple[torch.optim.Optimizer, Callable]]:
-    """``optim=<name>`` entries: the plugin's registered optimizers with their defaults, on named parameters."""
+    """``optim=<name>`` entries: the plugin's registered optimizers with their defaults, on named parameters (and
+    :data:`ADAPM_SERIAL`)."""
     from hf_alphaadam import OPTIMIZERS
 
     optimizers = {}
@@ -158,6 +162,10 @@ def build_registered(named: list[tuple[str, torch.Tensor]], names: list[str], lr
         if spec.resolve_class().__name__ == "AdaPM":
             options["log_policy"] = False
         optimizers[name] = (spec.resolve_class()(named, lr=lr, weight_decay=0.01, **options), contextlib.nullcontext)
+    if ADAPM_SERIAL in names:
+        options = dict(OPTIMIZERS["adapm"].defaults, log_policy=False, tensor_threads=1)
+        optimizers[ADAPM_SERIAL] = (OPTIMIZERS["adapm"].resolve_class()(named, lr=lr, weight_decay=0.01, **options),
+                                    contextlib.nullcontext)
     return optimizers
 
 
@@ -177,7 +185,7 @@ def share_state(optimizers: dict[str, tuple[torch.optim.Optimizer, Callable]], p
 
 def default_names(include_compiled: bool, include_loop: bool, all_modes: bool, registered: bool = True
                   ) -> list[str]:
-    names = [BASELINE, FUSED] + (registered_names() if registered else [])
+    names = [BASELINE, FUSED] + (registered_names() + [ADAPM_SERIAL] if registered else [])
     if include_loop:
         names.append("AdamW loop")
     modes = ["async+norm", "sync+count", "none+none"]
@@ -417,6 +425,10 @@ def summary(result: dict[str, Any]) -> list[dict[str, str]]:
             rows.append({"claim": f"{name} default step{target}", "measured": f"{ratio:.2f}x",
                          "verdict": ("meets" if ratio <= ADAPM_TARGET else "misses") if name == "adapm"
                          else "noted"})
+    serial = optimizers.get(ADAPM_SERIAL)
+    if serial is not None:
+        rows.append({"claim": "adapm default step with tensor_threads=1 (low-rank tensors one at a time) vs AdamW "
+                              "foreach", "measured": f"{serial['ratio_vs_adamw_foreach']:.2f}x", "verdict": "noted"})
     for name in ("cautious_adamw", "alphaadam_8bit", "adadiag", "adadiag_pp"):
         entry = optimizers.get(REGISTERED_PREFIX + name)
         if entry is not None:

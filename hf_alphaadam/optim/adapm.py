@@ -40,7 +40,10 @@ the momentum-free Adam tensors through ``_foreach_*`` ops, and the low-rank / co
 rounding): full-size state and scratch kept in the parameter's memory order (a GPT-2 ``Conv1D`` weight is the
 transpose of its canonical matrix; state saved in the other order is re-laid out on the next step), ``m~`` as one
 ``addmm``, bias corrections folded into scalars, no ``u`` / ``phi`` without a mask and alpha, and on the CPU the
-element-wise passes run over cache-sized blocks (``CACHE_BLOCK_NUMEL``) with reusable scratch buffers.
+element-wise passes run over cache-sized blocks (``CACHE_BLOCK_NUMEL``) with reusable scratch buffers. On the CPU
+the low-rank / compact tensors also run side by side, whole tensors in ``tensor_threads`` worker threads with
+single-threaded torch kernels each (``_tensor_threads.py``): their small matrix products do not get faster with
+more MKL threads, so one tensor at a time left the second core idle.
 
 Distributed: blocks with full or no momentum and Adam's v are element-wise and work on FSDP2 DTensor shards and on
 DeepSpeed ZeRO flat partitions (groups with ``whole_numel``). Low-rank factors and compact v need the whole matrix:
@@ -62,7 +65,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import _get_scalar_dtype, _get_value
 
 from ._base import StatisticsMixin, check_adam_hyperparameters, check_dense_grad, check_param_groups
-from . import _native
+from . import _native, _tensor_threads
 from ._masking import alpha_from_sums, masked_step, sign_agreement, validate_mask_options
 from ._policy import (
     GROUP_POLICIES,
@@ -132,6 +135,10 @@ class AdaPM(StatisticsMixin, Optimizer):
         maximize: maximize the objective.
         partition_group: process group for flat-partition (``whole_numel``) groups.
         log_policy: log the per-tensor policy table once at construction (INFO, main process only).
+        tensor_threads: worker threads for the low-rank / compact tensors of the fast path on the CPU, each with
+            single-threaded torch kernels (``_tensor_threads.py``; their small matrix products do not speed up
+            with more MKL threads, whole tensors side by side do). ``None`` (default): ``torch.get_num_threads()``
+            for CPU tensors, where the per-thread limits work; ``1``: one tensor after another. Not state.
     """
 
     def __init__(
@@ -166,6 +173,7 @@ class AdaPM(StatisticsMixin, Optimizer):
         maximize: bool = False,
         partition_group: Any = None,
         log_policy: bool = True,
+        tensor_threads: int | None = None,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
                         second_moment=second_moment, head_dim=head_dim, refit_iters=refit_iters, residual=residual,
@@ -182,6 +190,10 @@ class AdaPM(StatisticsMixin, Optimizer):
             raise ValueError("AdaPM got an empty parameter list: pass model.named_parameters() (or groups with "
                              "'param_names')")
         self._validate_group(defaults)
+        if tensor_threads is not None and (isinstance(tensor_threads, bool) or not isinstance(tensor_threads, int)
+                                           or tensor_threads < 1):
+            raise ValueError(f"tensor_threads must be None or an integer >= 1, got {tensor_threads!r}")
+        self.tensor_threads = tensor_threads
         self._plans: dict[int, list[TensorPlan]] = {}
         self._workspace: dict[Any, Tensor] = {}  # reusable CPU scratch of the fast path (not state)
         self._constructing = True
@@ -296,6 +308,8 @@ class AdaPM(StatisticsMixin, Optimizer):
             self._plans = {}
         if not hasattr(self, "_workspace"):
             self._workspace = {}
+        if not hasattr(self, "tensor_threads"):
+            self.tensor_threads = None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load as torch does (saved group options win), keep saved state dtypes, and rebuild the plans from the
@@ -457,6 +471,7 @@ class AdaPM(StatisticsMixin, Optimizer):
                 alpha_max=group["alpha_max"], first_step=group["first_step"], residual=group["residual"],
                 residual_clip=group["residual_clip"], refit_iters=group["refit_iters"], maximize=group["maximize"],
                 numels=numels, reduce_sums=reduce_sums, workspace=self._workspace,
+                tensor_threads=self.tensor_threads,
             )
             for bucket_positions, alpha_values, mask_ratio in buckets:
                 self._record_statistics(group, [positions[i] for i in bucket_positions], alpha_values, mask_ratio)
@@ -514,6 +529,7 @@ def adapm(
     numels: list[int] | None = None,
     reduce_sums: SumsReducer | None = None,
     workspace: dict[Any, Tensor] | None = None,
+    tensor_threads: int | None = 1,
 ) -> list[StatisticsBucket]:
     """Functional AdaPM step (updates ``params`` and the state dicts in place).
 
@@ -521,7 +537,8 @@ def adapm(
     ``reduce_sums`` (sharded tensors) apply to the ``"adam_full"`` tensors only: ``numels[k]`` and index ``k`` of
     ``reduce_sums`` refer to the k-th ``"adam_full"`` tensor of the lists passed here. Returns
     ``(positions, alpha, mask_ratio)`` statistics buckets. ``workspace``: a dict the fast path may keep reusable
-    CPU scratch buffers in between calls (one per optimizer; not state, never saved).
+    CPU scratch buffers in between calls (one per optimizer; not state, never saved). ``tensor_threads``: worker
+    threads for the fast path's low-rank / compact tensors (:class:`AdaPM`; ``None``: automatic, ``1``: serial).
     """
     if foreach is None:
         foreach = True
@@ -529,7 +546,7 @@ def adapm(
     return func(params, grads, states, plans, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                 mask=mask, alpha=alpha, alpha_max=alpha_max, first_step=first_step, residual=residual,
                 residual_clip=residual_clip, refit_iters=refit_iters, maximize=maximize, numels=numels,
-                reduce_sums=reduce_sums, workspace=workspace)
+                reduce_sums=reduce_sums, workspace=workspace, tensor_threads=tensor_threads)
 
 
 def _canonical(tensor: Tensor, plan: TensorPlan) -> Tensor:
@@ -594,6 +611,7 @@ def _single_tensor_adapm(
     numels: list[int] | None = None,
     reduce_sums: SumsReducer | None = None,
     workspace: dict[Any, Tensor] | None = None,
+    tensor_threads: int | None = 1,
 ) -> list[StatisticsBucket]:
     """The reference loop: one tensor, one row segment at a time, written as the algorithm box reads."""
     alphas, ratios = [], []
@@ -720,6 +738,7 @@ def _multi_tensor_adapm(
     numels: list[int] | None = None,
     reduce_sums: SumsReducer | None = None,
     workspace: dict[Any, Tensor] | None = None,
+    tensor_threads: int | None = 1,
 ) -> list[StatisticsBucket]:
     """The fast path: AlphaAdam's core for full-momentum Adam tensors (its native C kernel for fp32 CPU tensors, else
     its foreach path), the native kernel or foreach ops for momentum-free Adam tensors, and a per-tensor routine
@@ -750,16 +769,21 @@ def _multi_tensor_adapm(
         ones = torch.ones(len(none), device=params[none[0]].device)
         buckets.append((none, ones, ones.clone()))
     if structured:
-        alphas, ratios = [], []
-        for i in structured:
-            alpha_t, ratio = _structured_step(
+        threads = _tensor_threads.resolve_threads(tensor_threads, [params[i] for i in structured])
+
+        def step_one(k: int, share: int) -> tuple[Tensor, Tensor]:
+            i = structured[k]  # each worker (share) has its own scratch buffers
+            scratch = workspace if workspace is None or threads == 1 else workspace.setdefault(("share", share), {})
+            return _structured_step(
                 params[i], grads[i], states[i], plans[i], lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                 weight_decay=weight_decay, mask=mask, alpha=alpha, alpha_max=alpha_max, first_step=first_step,
                 residual=residual, residual_clip=residual_clip, refit_iters=refit_iters, maximize=maximize,
-                workspace=workspace)
-            alphas.append(alpha_t.float())
-            ratios.append(ratio.float())
-        buckets.append((structured, torch.stack(alphas), torch.stack(ratios)))
+                workspace=scratch)
+
+        results = _tensor_threads.map_tensors(step_one, len(structured),
+                                              [params[i].numel() for i in structured], threads)
+        buckets.append((structured, torch.stack([a.float() for a, _ in results]),
+                        torch.stack([r.float() for _, r in results])))
     return buckets
 
 

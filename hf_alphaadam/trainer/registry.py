@@ -143,6 +143,8 @@ ADAPM_OPTIONS: dict[str, Option] = {
     "other": Option(str, choices=("full", "none", "lowrank"), help="momentum of unrecognised matrices"),
     "dense_fallback": Option(bool, help="full momentum where the factors would not save memory"),
     "seed": Option(int, min=0, help="seed of the initial factors"),
+    "tensor_threads": Option(int, min=1, none=True,
+                             help="CPU worker threads for the low-rank tensors (none: torch's thread count)"),
     **_MASK_OPTIONS,
     **_STATE_OPTIONS,
 }

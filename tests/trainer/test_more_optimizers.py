@@ -26,7 +26,7 @@ class Tokens(torch.utils.data.Dataset):
 @pytest.mark.parametrize("name,optim_args,cls,check", [
     ("adapm", "rank=2,mask=async,alpha=norm,none_modules=embed_tokens|o_proj", AdaPM,
      lambda group: group["rank"] == 2 and group["second_moment"] == "adam" and group["mask"] == "async"),
-    ("adapm_mini", "rank=2,head_dim=8", AdaPM, lambda group: group["second_moment"] == "mini"),
+    ("adapm_mini", "rank=2,head_dim=8,tensor_threads=2", AdaPM, lambda group: group["second_moment"] == "mini"),
     ("adadiag", "update_freq=2,mask=async,alpha=norm", AdaDiag,
      lambda group: group["update_freq"] == 2 and group["two_sided"] is False),
     ("adadiag_pp", "update_freq=3,moment_space=original", AdaDiag,
@@ -44,6 +44,7 @@ def test_trains_by_name(tmp_path, name, optim_args, cls, check):
     optimizer = trainer.optimizer.optimizer
     assert isinstance(optimizer, cls)
     assert all(check(group) for group in optimizer.param_groups)
+    assert getattr(optimizer, "tensor_threads", None) == (2 if "tensor_threads=2" in optim_args else None)
     assert {group["name"] for group in optimizer.param_groups} == {"decay", "no_decay"}
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert losses[-1] < losses[0]
@@ -55,6 +56,7 @@ def test_trains_by_name(tmp_path, name, optim_args, cls, check):
     ("adapm", "rank=0", "rank='0' is out of range"),
     ("adapm", "none_modules=embed(", "not a valid regular expression"),
     ("adapm", "policy=half", "policy='half' is not allowed"),
+    ("adapm", "tensor_threads=0", "tensor_threads='0' is out of range"),
     ("adadiag", "update_freq=0", "update_freq='0' is out of range"),
     ("adadiag_pp", "moment_space=diagonal", "moment_space='diagonal' is not allowed"),
     ("adadiag", "two_sided=true", "two_sided"),
