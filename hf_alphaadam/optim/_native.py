@@ -62,7 +62,8 @@ class _Region(ctypes.Structure):
                 ("p_stride", ctypes.c_int64), ("g_stride", ctypes.c_int64), ("v_stride", ctypes.c_int64),
                 ("used_stride", ctypes.c_int64), ("n_runs", ctypes.c_int64), ("run_len", ctypes.c_int64),
                 ("coef", ctypes.c_float), ("decay", ctypes.c_float), ("eps_scaled", ctypes.c_float),
-                ("beta2", ctypes.c_float), ("one_minus_beta2", ctypes.c_float)]
+                ("beta2", ctypes.c_float), ("one_minus_beta2", ctypes.c_float), ("denom", ctypes.c_void_p),
+                ("denom_stride", ctypes.c_int64), ("denom_run_stride", ctypes.c_int64)]
 
 
 _LOCK = threading.Lock()
@@ -303,21 +304,35 @@ def _runs(view: Tensor, run_axis: int) -> tuple[int, int, int] | None:
     return n_runs, run_len, view.stride(other) if n_runs > 1 else run_len
 
 
-def adapm_tail(parts: list[tuple[Tensor, Tensor, Tensor, Tensor, float]], *, decay: float, eps_scaled: float,
-               beta2: float) -> bool:
+def adapm_tail(parts: list[tuple[Tensor, Tensor, Tensor | None, Tensor, float]], *, decay: float, eps_scaled: float,
+               beta2: float, denominators: list[Tensor] | None = None) -> bool:
     """AdaPM's element-wise tail without mask and alpha, for row segments of one tensor's canonical matrix:
     ``V = beta2 V + (1 - beta2) G^2;  P = P decay + coef used / (sqrt(V) + eps_scaled)`` per part
-    ``(P, G, V, used, coef)`` (2-D views of one segment's rows, fp32 CPU). Returns ``False``, touching nothing, when
-    the views are not laid out as equally long contiguous runs (the caller then uses torch ops)."""
+    ``(P, G, V, used, coef)`` (2-D views of one segment's rows, fp32 CPU). With ``denominators`` (a compact second
+    moment: one ``[rows, 1]`` view of per-row denominators per part; ``G`` and ``V`` are then not used and may be
+    ``None``): ``P = P decay + coef used / denominator``. Returns ``False``, touching nothing, when the views are
+    not laid out as equally long contiguous runs (the caller then uses torch ops)."""
     regions = []
-    for P, G, V, used, coef in parts:
+    for index, (P, G, V, used, coef) in enumerate(parts):
         run_axis = 1 if P.stride(1) == 1 or P.shape[1] == 1 else 0
-        layouts = [_runs(t, run_axis) for t in (P, G, V, used)]
+        arrays = (P, used) if denominators is not None else (P, G, V, used)
+        layouts = [_runs(t, run_axis) for t in arrays]
         if any(layout is None for layout in layouts) or len({layout[:2] for layout in layouts}) != 1:
             return False
         n_runs, run_len = layouts[0][:2]
-        regions.append(_Region(P.data_ptr(), G.data_ptr(), V.data_ptr(), used.data_ptr(), *[l[2] for l in layouts],
-                               n_runs, run_len, coef, decay, eps_scaled, beta2, 1 - beta2))
+        denom, denom_strides = None, (0, 0)
+        if denominators is not None:
+            rows_view = denominators[index]
+            if rows_view.shape != (P.shape[0], 1):
+                return False
+            denom = rows_view.data_ptr()
+            # per canonical row: along each run (runs down the rows) or one per run (runs along a row)
+            denom_strides = (rows_view.stride(0), 0) if run_axis == 0 else (0, rows_view.stride(0))
+            G = V = P  # not read
+        strides = [layouts[0][2], layouts[0][2], layouts[0][2], layouts[-1][2]] if denominators is not None else \
+            [layout[2] for layout in layouts]
+        regions.append(_Region(P.data_ptr(), G.data_ptr(), V.data_ptr(), used.data_ptr(), *strides, n_runs,
+                               run_len, coef, decay, eps_scaled, beta2, 1 - beta2, denom, *denom_strides))
     array = (_Region * len(regions))(*regions)
     status = _load().adapm_tail_f32(len(regions), array, torch.get_num_threads())
     if status != 0:

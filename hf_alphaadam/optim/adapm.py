@@ -1070,10 +1070,16 @@ def _structured_step(param: Tensor, grad: Tensor, state: dict[str, Any], plan: T
 
     if simple:  # phi = 1, alpha = 1: W = W (1 - lr wd) - lr u
         # fp32 on the CPU: one native pass over the row segments; else torch ops over cache-sized blocks
-        native = V is not None and _native.applies([P, G, V], [part[1] for part in parts]) and _native.adapm_tail(
-            [(P[seg.start:seg.stop], G[seg.start:seg.stop], V[seg.start:seg.stop], used, -lr * scale / correction)
-             for seg, used, correction, _ in parts],
-            decay=1 - lr * weight_decay if weight_decay != 0 else 1.0, eps_scaled=eps * bc2_sqrt, beta2=beta2)
+        decay = 1 - lr * weight_decay if weight_decay != 0 else 1.0
+        if V is not None:  # Adam's v, updated in the same pass
+            native = _native.applies([P, G, V], [part[1] for part in parts]) and _native.adapm_tail(
+                [(P[seg.start:seg.stop], G[seg.start:seg.stop], V[seg.start:seg.stop], used, -lr * scale / correction)
+                 for seg, used, correction, _ in parts], decay=decay, eps_scaled=eps * bc2_sqrt, beta2=beta2)
+        else:  # the compact v's per-row denominators, computed above
+            native = _native.applies([P, denom], [part[1] for part in parts]) and _native.adapm_tail(
+                [(P[seg.start:seg.stop], None, None, used, -lr * scale / correction) for seg, used, correction, _ in parts],
+                decay=decay, eps_scaled=0.0, beta2=beta2,
+                denominators=[denom[seg.start:seg.stop] for seg, _, _, _ in parts])
         for rs, cs in ([] if native else blocks):
             denom_b = block_denominator(rs, cs)
             P_b = P[rs, cs]

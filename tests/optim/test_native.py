@@ -220,15 +220,16 @@ GPT2_SPEC = [("transformer.wte.weight", (50, 8)), ("transformer.h.0.attn.c_attn.
 
 
 @pytest.mark.parametrize("options", [dict(), dict(weight_decay=0.0, maximize=True),
-                                     dict(mask="async", alpha="norm", maximize=True)])
+                                     dict(mask="async", alpha="norm", maximize=True),
+                                     dict(second_moment="mini", head_dim=4)])
 def test_adapm_fp32_fast_path_with_native_kernel_equals_reference(options, monkeypatch):
     from hf_alphaadam import AdaPM
 
     calls = []
     originals = {name: getattr(_native, name) for name in ("_native_alphaadam", "momentum_free_adam", "adapm_tail")}
     for name, function in originals.items():
-        monkeypatch.setattr(_native, name, lambda *a, name=name, function=function, **k: calls.append(name)
-                            or function(*a, **k))
+        monkeypatch.setattr(_native, name, lambda *a, name=name, function=function, **k: calls.append(
+                            name + (":compact" if k.get("denominators") is not None else "")) or function(*a, **k))
     generator = torch.Generator().manual_seed(0)
     initial = [torch.randn(shape, generator=generator) for _, shape in GPT2_SPEC]
     runs = {}
@@ -241,8 +242,12 @@ def test_adapm_fp32_fast_path_with_native_kernel_equals_reference(options, monke
                 p.grad = torch.randn(p.shape, generator=steps)
             optimizer.step()
         runs[label] = (named, optimizer)
-    # every native entry point served the fast path (the low-rank tail only without mask and alpha)
-    expected = {"_native_alphaadam", "momentum_free_adam"} | ({"adapm_tail"} if "mask" not in options else set())
+    # every native entry point served the fast path (the low-rank tail only without mask and alpha; with the
+    # compact v of second_moment="mini", its per-row denominators)
+    if "second_moment" in options:
+        expected = {"_native_alphaadam", "adapm_tail:compact"}
+    else:
+        expected = {"_native_alphaadam", "momentum_free_adam"} | ({"adapm_tail"} if "mask" not in options else set())
     assert set(calls) == expected
     (ref_named, reference), (fast_named, fast) = runs["reference"], runs["fast"]
     for (name, a), (_, b) in zip(ref_named, fast_named):

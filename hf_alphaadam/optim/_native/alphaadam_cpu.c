@@ -404,6 +404,11 @@ int alphaadam_cpu_f32(int64_t n, float *const *p, const float *const *g, float *
  *
  *     v = v * beta2 + ((1 - beta2) * g) * g;     p = p * decay + coef * (used / (sqrt(v) + eps_scaled))
  *
+ * or, with a compact second moment (second_moment="mini": ``denom`` given, v and g not touched), with the
+ * caller's per-row denominators d (canonical rows: along each run of a transposed weight, one per run otherwise):
+ *
+ *     p = p * decay + coef * (used / d)
+ *
  * over "regions": row segments of the canonical matrix, each a set of ``n_runs`` equally long contiguous runs
  * (rows of a row-major matrix, columns of a transposed one) with a run stride per array. ``used`` is the
  * segment's momentum (the low-rank block's m~, the full m, or g itself); ``coef = -lr sqrt(bc2) / bc1`` and
@@ -418,6 +423,8 @@ typedef struct {
     int64_t p_stride, g_stride, v_stride, used_stride; /* elements between consecutive runs */
     int64_t n_runs, run_len;
     float coef, decay, eps_scaled, beta2, one_minus_beta2;
+    const float *denom;            /* NULL: Adam's v above; else the compact v's denominators */
+    int64_t denom_stride, denom_run_stride; /* denom[k * denom_stride + j * denom_run_stride]: (1, 0) or (0, 1) */
 } Region;
 
 typedef struct {
@@ -439,6 +446,26 @@ INLINE void tail_run(const Region *r, float *restrict p, const float *restrict g
     }
 }
 
+/* one run j of a region: Adam's v, or the compact v's denominators (one per element of the run, or one per run) */
+static void region_run(const Region *r, int64_t j, int64_t lo, int64_t hi) {
+    float *p = r->p + j * r->p_stride;
+    const float *used = r->used + j * r->used_stride;
+    if (r->denom == NULL) {
+        tail_run(r, p, r->g + j * r->g_stride, r->v + j * r->v_stride, used, lo, hi);
+        return;
+    }
+    const float coef = r->coef, decay = r->decay;
+    if (r->denom_stride == 0) {
+        const float d = r->denom[j * r->denom_run_stride];
+#pragma omp simd
+        for (int64_t k = lo; k < hi; k++) p[k] = p[k] * decay + coef * (used[k] / d);
+    } else {
+        const float *restrict d = r->denom + j * r->denom_run_stride;
+#pragma omp simd
+        for (int64_t k = lo; k < hi; k++) p[k] = p[k] * decay + coef * (used[k] / d[k * r->denom_stride]);
+    }
+}
+
 static void *tail_work(void *arg) {
     const TailWorker *w = arg;
     int same_runs = w->n_regions > 0 && w->regions[0].n_runs >= w->threads;
@@ -449,11 +476,7 @@ static void *tail_work(void *arg) {
         const int64_t n_runs = w->regions[0].n_runs;
         const int64_t first = n_runs * w->thread / w->threads, last = n_runs * (w->thread + 1) / w->threads;
         for (int64_t j = first; j < last; j++) {
-            for (int64_t i = 0; i < w->n_regions; i++) {
-                const Region *r = &w->regions[i];
-                tail_run(r, r->p + j * r->p_stride, r->g + j * r->g_stride, r->v + j * r->v_stride,
-                         r->used + j * r->used_stride, 0, r->run_len);
-            }
+            for (int64_t i = 0; i < w->n_regions; i++) region_run(&w->regions[i], j, 0, w->regions[i].run_len);
         }
         return NULL;
     }
@@ -461,16 +484,10 @@ static void *tail_work(void *arg) {
         const Region *r = &w->regions[i];
         if (r->n_runs >= w->threads) { /* whole runs per thread */
             const int64_t first = r->n_runs * w->thread / w->threads, last = r->n_runs * (w->thread + 1) / w->threads;
-            for (int64_t j = first; j < last; j++) {
-                tail_run(r, r->p + j * r->p_stride, r->g + j * r->g_stride, r->v + j * r->v_stride,
-                         r->used + j * r->used_stride, 0, r->run_len);
-            }
+            for (int64_t j = first; j < last; j++) region_run(r, j, 0, r->run_len);
         } else { /* few long runs: cut each one */
             const int64_t lo = r->run_len * w->thread / w->threads, hi = r->run_len * (w->thread + 1) / w->threads;
-            for (int64_t j = 0; j < r->n_runs; j++) {
-                tail_run(r, r->p + j * r->p_stride, r->g + j * r->g_stride, r->v + j * r->v_stride,
-                         r->used + j * r->used_stride, lo, hi);
-            }
+            for (int64_t j = 0; j < r->n_runs; j++) region_run(r, j, lo, hi);
         }
     }
     return NULL;
