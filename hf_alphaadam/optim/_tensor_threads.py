@@ -102,6 +102,19 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _POOL
 
 
+def _close_before_fork() -> None:
+    """Idle workers are joined before a fork (a DataLoader's, say): the child would not have them anyway, and
+    Python warns about forking a process with other threads. The next step starts them again."""
+    global _POOL, _POOL_KEY
+    if _POOL is None or threading.current_thread().name.startswith("hf_alphaadam"):
+        return
+    pool, _POOL, _POOL_KEY = _POOL, None, None
+    pool.shutdown(wait=True)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_close_before_fork)
+
 _VERIFIED: bool | None = None
 
 

@@ -165,3 +165,19 @@ def test_forked_child_gets_its_own_pool():
         pytest.fail("the forked child's AdaPM step hung")
     assert child.exitcode == 0
     assert queue.get(timeout=10) > 0
+
+
+def test_workers_are_joined_before_a_fork():
+    """No idle worker threads are left running when the process forks (the next step starts new ones)."""
+    _step_pair(2, 2, steps=1)
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=len, args=([],))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert not [t for t in threading.enumerate() if t.name.startswith("hf_alphaadam")]
+    threaded, serial, a, b = _step_pair(2, 1, steps=2)  # and the workers come back
+    if _tensor_threads.available():
+        assert [t for t in threading.enumerate() if t.name.startswith("hf_alphaadam")]
+    for (_, p), (_, q) in zip(a, b):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
