@@ -28,7 +28,6 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 R = TypeVar("R")
 
 _LOCK = threading.Lock()
@@ -36,6 +35,7 @@ _CONTROLS: tuple[Any, Any] | None = None
 _CONTROLS_ERROR: str | None = None
 _POOL: ThreadPoolExecutor | None = None
 _POOL_KEY: tuple[int, int] | None = None  # (process id, workers): a forked child or another size gets a new pool
+_VERIFIED: bool | None = None  # whether the limits take effect in a worker (checked once)
 
 
 def _find_symbol(name: str, libraries: Sequence[str]) -> Any:
@@ -86,10 +86,6 @@ def _single_threaded_worker() -> None:
     omp_set(1)
 
 
-def _worker_threads() -> int:
-    return torch.get_num_threads()
-
-
 def _pool(workers: int) -> ThreadPoolExecutor:
     global _POOL, _POOL_KEY
     key = (os.getpid(), workers)
@@ -115,8 +111,6 @@ def _close_before_fork() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_close_before_fork)
 
-_VERIFIED: bool | None = None
-
 
 def available() -> bool:
     """Whether worker threads can be limited to one torch thread each here (checked once, in a worker)."""
@@ -124,7 +118,7 @@ def available() -> bool:
     if _VERIFIED is None:
         try:
             _controls()
-            _VERIFIED = _pool(1).submit(_worker_threads).result() == 1
+            _VERIFIED = _pool(1).submit(torch.get_num_threads).result() == 1
             if not _VERIFIED:
                 logger.debug("per-thread torch thread limits did not take effect: tensors run serially")
         except LookupError as error:
