@@ -1077,8 +1077,8 @@ def _structured_step(param: Tensor, grad: Tensor, state: dict[str, Any], plan: T
                  for seg, used, correction, _ in parts], decay=decay, eps_scaled=eps * bc2_sqrt, beta2=beta2)
         else:  # the compact v's per-row denominators, computed above
             native = _native.applies([P, denom], [part[1] for part in parts]) and _native.adapm_tail(
-                [(P[seg.start:seg.stop], None, None, used, -lr * scale / correction) for seg, used, correction, _ in parts],
-                decay=decay, eps_scaled=0.0, beta2=beta2,
+                [(P[seg.start:seg.stop], None, None, used, -lr * scale / correction)
+                 for seg, used, correction, _ in parts], decay=decay, eps_scaled=0.0, beta2=beta2,
                 denominators=[denom[seg.start:seg.stop] for seg, _, _, _ in parts])
         for rs, cs in ([] if native else blocks):
             denom_b = block_denominator(rs, cs)

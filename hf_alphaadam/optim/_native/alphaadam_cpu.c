@@ -21,8 +21,9 @@
  *
  * Entry points (``mode``): STEP runs pass A, alpha and pass B per tensor; SUMS only pass A (the caller adds the
  * sums over shards); APPLY only pass B with the caller's alpha and decay. ``momentum_free`` (APPLY only) is the
- * step of AdaPM's blocks without a first moment: u = g / (sqrt(v) / sqrt(bc2) + eps), one pass, m not touched. Built by ``_native.py`` with
- * -O3 -ffp-contract=off -fno-math-errno (no FMA contraction: the same roundings as the eager reference).
+ * step of AdaPM's blocks without a first moment: u = g / (sqrt(v) / sqrt(bc2) + eps), one pass, m not touched.
+ * Built by ``_native.py`` with -O3 -ffp-contract=off -fno-math-errno (no FMA contraction: the same roundings as
+ * the eager reference).
  */
 
 #include <math.h>
