@@ -153,19 +153,21 @@ def build_registered(named: list[tuple[str, torch.Tensor]], names: list[str], lr
     :data:`ADAPM_SERIAL`)."""
     from hf_alphaadam import OPTIMIZERS
 
+    # name -> (registered name, options on top of its defaults)
+    variants = {ADAPM_SERIAL: ("adapm", {"tensor_threads": 1})}
     optimizers = {}
     for name in names:
-        if not name.startswith(REGISTERED_PREFIX):
+        if name.startswith(REGISTERED_PREFIX):
+            registered, extra = name.removeprefix(REGISTERED_PREFIX), {}
+        elif name in variants:
+            registered, extra = variants[name]
+        else:
             continue
-        spec = OPTIMIZERS[name.removeprefix(REGISTERED_PREFIX)]
-        options = dict(spec.defaults)
+        spec = OPTIMIZERS[registered]
+        options = dict(spec.defaults, **extra)
         if spec.resolve_class().__name__ == "AdaPM":
             options["log_policy"] = False
         optimizers[name] = (spec.resolve_class()(named, lr=lr, weight_decay=0.01, **options), contextlib.nullcontext)
-    if ADAPM_SERIAL in names:
-        options = dict(OPTIMIZERS["adapm"].defaults, log_policy=False, tensor_threads=1)
-        optimizers[ADAPM_SERIAL] = (OPTIMIZERS["adapm"].resolve_class()(named, lr=lr, weight_decay=0.01, **options),
-                                    contextlib.nullcontext)
     return optimizers
 
 

@@ -400,16 +400,21 @@ def test_resume_bit_exact(dtype):
             assert torch.equal(value, resumed.state[q][key]), key
 
 
+def step_both(first, second, first_params, second_params, steps: int, none_every: int = 5) -> None:
+    """Step two optimizers over copies of the same named parameters on the same gradients."""
+    for step in range(steps):
+        grads = random_grads([p for _, p in first_params], step, none_every=none_every)
+        set_grads([p for _, p in first_params], grads)
+        set_grads([p for _, p in second_params], grads)
+        first.step()
+        second.step()
+
+
 def _step_both_and_compare(reference, fast, ref_params, fast_params, dtype, steps: int) -> None:
     """Step the reference loop and the fast path on the same gradients; parameters and every state entry agree
     (fp64: to 1e-10; bf16: to its rounding)."""
     rtol, atol = (1e-10, 1e-12) if dtype == torch.float64 else (0, 1e-2)
-    for step in range(steps):
-        grads = random_grads([p for _, p in ref_params], step, none_every=5)
-        set_grads([p for _, p in ref_params], grads)
-        set_grads([p for _, p in fast_params], grads)
-        reference.step()
-        fast.step()
+    step_both(reference, fast, ref_params, fast_params, steps)
     for (_, a), (_, b) in zip(ref_params, fast_params):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
         for key, value in reference.state[a].items():
