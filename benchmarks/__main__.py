@@ -53,13 +53,18 @@ def main(argv: list[str] | None = None) -> None:
             doc = (load(name).__doc__ or "").strip().splitlines()
             print(f"{name:18s} {doc[0] if doc else ''}")
     elif args.command == "run":
+        from benchmarks._common import DataUnavailable
+
         names = BENCHMARKS if args.name == "all" else (args.name,)
         for name in names:
             started = time.perf_counter()
             module = load(name)
             imported = time.perf_counter()
             sys.argv[0] = f"python -m benchmarks run {name}"  # what the benchmark's --help shows as its usage
-            module.main(list(args.options))
+            try:
+                module.main(list(args.options))
+            except DataUnavailable as error:  # one line that says what to set, not a traceback
+                raise SystemExit(f"benchmarks run {name}: {error}") from None
             logging.getLogger("benchmarks").info("%s took %.0f s (%.0f s of it importing)", name,
                                                  time.perf_counter() - started, imported - started)
     else:

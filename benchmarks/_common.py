@@ -3,10 +3,18 @@
 A benchmark is a module ``benchmarks/<name>.py`` with
 
 - ``main(argv: list[str] | None = None)``: parses ``--quick`` (a smoke run of well under a minute that CI runs
-  to keep the code working; its numbers mean little) and ``--output-dir`` (default ``benchmarks/results``), runs,
-  and writes ``<name>.json`` (or ``<name>_quick.json``) with :func:`write_result`, plus a PNG;
+  to keep the code working; its numbers mean little), ``--output-dir`` (default ``benchmarks/results``, and
+  ``outputs/benchmarks`` for a quick run, so that a smoke run never lands next to the committed results) and
+  ``--data_dir``, runs, and writes ``<name>.json`` (or ``<name>_quick.json``) with :func:`write_result`, plus a
+  PNG;
 - ``summary(result: dict) -> list[dict]``: the rows this benchmark contributes to ``benchmarks/README.md``, each
   ``{"claim": ..., "measured": ..., "verdict": ...}`` derived from a results file (never typed by hand).
+
+Data: the benchmarks read the *full* public data sets from ``--data_dir`` or the ``HF_ALPHAADAM_DATA`` environment
+variable (a folder laid out like ``../shared/data``: ``tinyshakespeare/input.txt``, ``gsm8k/``, ``glue/<task>/``;
+this repository's machines and CI point it at ``../shared/data``). Without either they load the Hub data sets by
+name; offline that fails with :class:`DataUnavailable`, one line saying what to set. (The repository's ``data/``
+holds small excerpts for the tests only; a benchmark run on them measures little.)
 
 ``python -m benchmarks run <name> [options]`` runs one; ``python -m benchmarks summarize`` rewrites the table.
 A benchmark also runs as a script (``python benchmarks/<name>.py``): it then puts the repository root on
@@ -30,9 +38,52 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results"
-# ../shared/data next to the repository (real public data sets; see its README); HF_ALPHAADAM_DATA overrides
-SHARED_DATA = Path(os.environ.get("HF_ALPHAADAM_DATA", REPO_ROOT.parent / "shared" / "data"))
-TINY_SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
+QUICK_RESULTS = REPO_ROOT / "outputs" / "benchmarks"  # ignored by git: smoke runs never sit next to the results
+DATA_ENV = "HF_ALPHAADAM_DATA"
+HUB_TINY_SHAKESPEARE = "karpathy/tiny_shakespeare"
+
+
+class DataUnavailable(RuntimeError):
+    """No local copy of a data set was named and the Hub could not be reached (``python -m benchmarks`` prints the
+    message as one line)."""
+
+
+def data_dir() -> Path | None:
+    """The folder of full data sets named by ``--data_dir`` / ``HF_ALPHAADAM_DATA``, or ``None`` (use the Hub)."""
+    value = os.environ.get(DATA_ENV, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def data_path(relative: str) -> Path | None:
+    """``<data_dir>/<relative>``, or ``None`` without a data folder; a named folder that lacks the file is an error."""
+    root = data_dir()
+    if root is None:
+        return None
+    path = root / relative
+    if not path.exists():
+        raise DataUnavailable(f"{path} not found: --data_dir / {DATA_ENV} is {root}, which must hold {relative} "
+                              f"(the layout of ../shared/data)")
+    return path
+
+
+def hub_dataset(name: str, *args: Any, **kwargs: Any):
+    """``datasets.load_dataset(name, ...)``; a failure (offline, no such set) becomes one :class:`DataUnavailable`."""
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(name, *args, **kwargs)
+    except Exception as error:  # offline errors come as ConnectionError, OSError or datasets' own types
+        raise DataUnavailable(f"could not load the Hub data set {name!r} ({type(error).__name__}); without Hub access "
+                              f"set --data_dir or {DATA_ENV} to a folder with the full data sets (this repository's "
+                              "machines: ../shared/data)") from error
+
+
+class _DataDirAction(argparse.Action):
+    """``--data_dir DIR`` sets ``HF_ALPHAADAM_DATA``, so that worker processes and helpers see the same folder."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        os.environ[DATA_ENV] = str(values)
+        setattr(namespace, self.dest, values)
 
 
 def machine_info() -> dict[str, Any]:
@@ -56,11 +107,17 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, quick_help: str) -> argparse.ArgumentParser:
-    """The options every benchmark has: ``--quick`` (described by ``quick_help``) and ``--output-dir``."""
-    parser.add_argument("--quick", action="store_true", help=quick_help)
-    parser.add_argument("--output-dir", type=Path, default=RESULTS,
-                        help="where <name>[_quick].json and .png go (default: benchmarks/results)")
+def add_common_arguments(parser: argparse.ArgumentParser, quick_help: str | None = None) -> argparse.ArgumentParser:
+    """The options every benchmark has: ``--quick`` (described by ``quick_help``; left out when ``None``, for a
+    benchmark that defines its own), ``--output-dir`` and ``--data_dir``."""
+    if quick_help is not None:
+        parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help="where <name>[_quick].json and .png go (default: benchmarks/results, and "
+                             "outputs/benchmarks for --quick)")
+    parser.add_argument("--data_dir", type=Path, default=data_dir(), action=_DataDirAction,
+                        help=f"folder with the full data sets, laid out like ../shared/data (default: ${DATA_ENV}; "
+                             "without it the Hub data sets by name)")
     return parser
 
 
@@ -72,12 +129,15 @@ def set_threads(threads: int | None, quick: bool) -> None:
         torch.set_num_threads(1)
 
 
-def result_path(output_dir: Path | str, name: str, quick: bool, suffix: str = ".json") -> Path:
-    """``<output_dir>/<name>[_quick]<suffix>`` (quick runs never overwrite the real results)."""
+def result_path(output_dir: Path | str | None, name: str, quick: bool, suffix: str = ".json") -> Path:
+    """``<output_dir>/<name>[_quick]<suffix>``; ``output_dir=None`` is ``benchmarks/results`` for a full run and
+    ``outputs/benchmarks`` for a quick one (quick runs never overwrite or sit next to the real results)."""
+    if output_dir is None:
+        output_dir = QUICK_RESULTS if quick else RESULTS
     return Path(output_dir) / f"{name}{'_quick' if quick else ''}{suffix}"
 
 
-def write_result(result: dict[str, Any], output_dir: Path | str, name: str, quick: bool) -> Path:
+def write_result(result: dict[str, Any], output_dir: Path | str | None, name: str, quick: bool) -> Path:
     """Write ``result`` (with the machine and load at the end added) as indented JSON; returns the path."""
     result = dict(result)
     result.setdefault("benchmark", name)
@@ -120,12 +180,19 @@ def gpt2_small_named_shapes(scale: float = 1.0, layers: int = 12) -> list[tuple[
     return shapes
 
 
-def char_data(path: Path = TINY_SHAKESPEARE, valid_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Character-level token ids of a text file: (train, valid, vocabulary size); the last part is validation."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the benchmarks read ../shared/data next to the repository "
-                                "(set HF_ALPHAADAM_DATA to its location)")
-    text = path.read_text(encoding="utf-8")
+def tiny_shakespeare() -> str:
+    """The whole Tiny Shakespeare text: ``<data_dir>/tinyshakespeare/input.txt``, else the Hub's copy."""
+    path = data_path("tinyshakespeare/input.txt")
+    if path is not None:
+        return path.read_text(encoding="utf-8")
+    splits = hub_dataset(HUB_TINY_SHAKESPEARE)
+    return "".join(row["text"] for split in ("train", "validation", "test") for row in splits[split])
+
+
+def char_data(path: Path | None = None, valid_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Character-level token ids of a text file (default: :func:`tiny_shakespeare`): (train, valid, vocabulary
+    size); the last part is validation."""
+    text = tiny_shakespeare() if path is None else Path(path).read_text(encoding="utf-8")
     chars = sorted(set(text))
     index = {c: i for i, c in enumerate(chars)}
     data = torch.tensor([index[c] for c in text], dtype=torch.long)

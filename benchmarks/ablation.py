@@ -72,8 +72,8 @@ import torch
 if __package__ in (None, ""):  # ``python benchmarks/ablation.py``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import (RESULTS, batches, char_data, decay_groups, lm_loss, machine_info, mean_std,
-                                result_path, tiny_llama, warmup_cosine, write_result)
+from benchmarks._common import (add_common_arguments, batches, char_data, decay_groups, lm_loss, machine_info,
+                                mean_std, result_path, tiny_llama, warmup_cosine, write_result)
 
 NAME = "ablation"
 LOG = logging.getLogger("benchmarks.ablation")
@@ -450,7 +450,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks run ablation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, few steps, 1 lr, 1 seed")
-    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    add_common_arguments(parser)  # --output-dir, --data_dir
     parser.add_argument("--optimizers", nargs="+", choices=list(VARIANTS), default=None,
                         help="variants to run (default: all; AdamW is needed for the comparisons)")
     parser.add_argument("--lrs", type=float, nargs="+", default=None, help="lr sweep (default 5e-3 1e-2 2e-2)")

@@ -68,7 +68,7 @@ import torch
 if __package__ in (None, ""):  # ``python benchmarks/callback_overhead.py``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import (RESULTS, batches, char_data, machine_info, result_path, tiny_llama,  # noqa: E402
+from benchmarks._common import (add_common_arguments, batches, char_data, machine_info, result_path, tiny_llama,  # noqa: E402
                                 write_result)
 
 logger = logging.getLogger("benchmarks.callback_overhead")
@@ -427,7 +427,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--toggle", action=argparse.BooleanOptionalAction, default=True,
                         help="also the step-level A/B run (per_tensor, logging_steps 1) in every round")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled orders")
-    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    add_common_arguments(parser)  # --output-dir, --data_dir
     args = parser.parse_args(argv)
     defaults = dict(rounds=1, steps=13, warmup=2, hidden=64, layers=2) if args.quick else \
         dict(rounds=8, steps=31, warmup=5, hidden=128, layers=4)

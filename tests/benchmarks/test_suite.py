@@ -3,7 +3,8 @@
 ``test_quick_run`` runs ``python -m benchmarks run <name> --quick --output-dir <tmp>`` for each benchmark of
 ``benchmarks.__main__.BENCHMARKS`` in a subprocess (one torch thread, offline) and checks the contract of
 ``benchmarks/_common.py``: ``<name>_quick.json`` with a ``machine`` entry and a PNG next to it, nothing written as a
-full result, and ``summary()`` rows derived from it. These are ``slow`` (30-50 s each on a loaded 2-core machine,
+full result, and ``summary()`` rows derived from it. They read the data folder named by ``HF_ALPHAADAM_DATA`` (CI
+points it at ``../shared/data``), else the repository's small excerpts in ``data/``. These are ``slow`` (30-50 s each on a loaded 2-core machine,
 most of it imports). The other tests check ``benchmarks/summarize.py`` on fake benchmarks and fake results.
 """
 
@@ -35,7 +36,8 @@ RESULTS = REPO_ROOT / "benchmarks" / "results"
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_quick_run(name: str, tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg"}
+           "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg",
+           "HF_ALPHAADAM_DATA": os.environ.get("HF_ALPHAADAM_DATA") or str(REPO_ROOT / "data")}
     process = subprocess.run([sys.executable, "-m", "benchmarks", "run", name, "--quick", "--output-dir",
                               str(tmp_path)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert process.returncode == 0, f"stdout:\n{process.stdout[-4000:]}\nstderr:\n{process.stderr[-4000:]}"
@@ -53,6 +55,43 @@ def test_quick_run(name: str, tmp_path: Path) -> None:
     for row in rows:
         assert set(ROW_KEYS) <= set(row), row
         assert all(str(row[key]).strip() for key in ROW_KEYS), row
+
+
+def test_offline_without_data_is_one_clear_line(tmp_path: Path) -> None:
+    """No --data_dir / HF_ALPHAADAM_DATA and no Hub: the run stops with one line that says what to set."""
+    env = {key: value for key, value in os.environ.items() if key != "HF_ALPHAADAM_DATA"}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    process = subprocess.run([sys.executable, "-m", "benchmarks", "run", "adapm_convergence", "--quick",
+                              "--output-dir", str(tmp_path)], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert process.returncode != 0 and "Traceback" not in process.stderr, process.stderr[-3000:]
+    last = process.stderr.strip().splitlines()[-1]
+    assert "karpathy/tiny_shakespeare" in last and "HF_ALPHAADAM_DATA" in last and "--data_dir" in last, last
+    assert not list(tmp_path.iterdir())
+
+
+def test_data_dir_and_quick_output_locations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--data_dir`` sets HF_ALPHAADAM_DATA (worker processes see it); a named folder without the file is an
+    error naming both; quick results go to the git-ignored outputs/benchmarks, full ones to benchmarks/results."""
+    import argparse
+
+    from benchmarks import _common
+
+    monkeypatch.delenv("HF_ALPHAADAM_DATA", raising=False)
+    assert _common.data_dir() is None and _common.data_path("gsm8k/train.jsonl") is None
+    parser = _common.add_common_arguments(argparse.ArgumentParser(), "smoke run")
+    args = parser.parse_args(["--data_dir", str(tmp_path)])
+    assert args.data_dir == tmp_path and os.environ["HF_ALPHAADAM_DATA"] == str(tmp_path)
+    with pytest.raises(_common.DataUnavailable, match=r"gsm8k/train\.jsonl not found.*must hold gsm8k/train\.jsonl"):
+        _common.data_path("gsm8k/train.jsonl")
+    monkeypatch.setenv("HF_ALPHAADAM_DATA", str(REPO_ROOT / "data"))
+    assert _common.data_path("gsm8k/train.jsonl").is_file()
+    assert len(_common.char_data()[0]) > 100_000
+
+    quick, full = _common.result_path(None, "x", True), _common.result_path(None, "x", False)
+    assert quick.parent == REPO_ROOT / "outputs" / "benchmarks" and full == RESULTS / "x.json"
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(quick)], cwd=REPO_ROOT)
+    assert ignored.returncode == 0, f"{quick} is not ignored by git"
 
 
 def _fake(rows=None, error: Exception | None = None) -> types.ModuleType:

@@ -7,16 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt"
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "data" / "tinyshakespeare" / "input.txt"  # in-repository excerpt
 
 
 def _real_text() -> str:
-    """Tiny Shakespeare from the shared data folder; the stdlib's documentation text where it is absent."""
-    if SHAKESPEARE.exists():
-        return SHAKESPEARE.read_text(encoding="utf-8")[:200_000]
-    from pydoc_data.topics import topics
-
-    return "\n".join(topics.values())[:200_000]
+    """The first 200,000 characters of Tiny Shakespeare."""
+    return SHAKESPEARE.read_text(encoding="utf-8")[:200_000]
 
 
 class CharTask:

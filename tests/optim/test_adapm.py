@@ -332,10 +332,8 @@ def test_trains_char_task(char_task):
 
 
 def shakespeare_tokens(vocab=64, length=8192):
-    """Character ids of Tiny Shakespeare (random ids if the shared data folder is absent)."""
-    path = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt"
-    if not path.exists():
-        return torch.randint(0, vocab, (length,), generator=torch.Generator().manual_seed(0))
+    """Character ids of Tiny Shakespeare (the in-repository excerpt)."""
+    path = Path(__file__).resolve().parents[2] / "data" / "tinyshakespeare" / "input.txt"
     text = path.read_text(encoding="utf-8")[:length]
     index = {c: i % vocab for i, c in enumerate(sorted(set(text)))}
     return torch.tensor([index[c] for c in text])

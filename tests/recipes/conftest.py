@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from _tiny import DATA, build_bert, build_gpt2_config, build_llama
+from _tiny import build_bert, build_gpt2_config, build_llama
 
-if not DATA.exists():
-    pytest.skip(f"the shared data folder {DATA} is missing", allow_module_level=True)
 pytest.importorskip("trl", reason="the recipes need the 'recipes' extra (trl, peft, datasets, ...)")
 
 

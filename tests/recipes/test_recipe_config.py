@@ -50,7 +50,7 @@ def test_yaml_then_overrides(monkeypatch):
                        "--optim", "adamw_torch", "--alpha_monitor", "false", stop_after_parse=True)
     script_args, training_args, model_args = parsed.value.args[0]
     assert training_args.max_steps == 7 and training_args.optim == "adamw_torch" and not script_args.alpha_monitor
-    assert training_args.warmup_steps == 2 and model_args.model_name_or_path == "HuggingFaceTB/SmolLM2-135M"
+    assert training_args.warmup_steps == 2 and model_args.model_name_or_path == "outputs/models/tiny-llama"
 
 
 def _fails_before_training(monkeypatch, tmp_path, error, match, recipe, config, *argv):
@@ -118,7 +118,7 @@ def test_load_data_local_forms(tmp_path):
     glue = common.load_data(str(DATA / "glue"), "rte")  # dev.jsonl -> "validation"
     assert set(glue) == {"train", "validation"}
     hh = common.load_data(str(DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz"))
-    assert list(hh) == ["train"] and len(hh["train"]) == 2312
+    assert list(hh) == ["train"] and len(hh["train"]) == 400  # the excerpt's rows
     text = common.load_data(str(DATA / "tinyshakespeare" / "input.txt"))
     assert text["train"].column_names == ["text"] and "\n" in text["train"][0]["text"]  # paragraphs
 
@@ -126,3 +126,27 @@ def test_load_data_local_forms(tmp_path):
     assert len(common.load_data(str(tmp_path / "saved"))["train"]) == 5
     (tmp_path / "pairs.tsv").write_text("sentence\tlabel\nfine film\t1\nawful\t0\n")
     assert common.load_data(str(tmp_path / "pairs.tsv"))["train"]["label"] == [1, 0]
+
+
+# The model folders `python -m hf_alphaadam.models tiny` writes, and the keys of a config that name a path.
+BUILT_MODELS = {"outputs/models/" + name for name in ("tiny-llama", "tiny-gpt2", "tiny-bert", "all-minilm-l6-v2")}
+PATH_KEYS = ("model_name_or_path", "config_name", "tokenizer_name", "dataset_name")
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*_tiny_cpu.yaml")))
+def test_tiny_cpu_configs_are_offline(config):
+    """Every tiny CPU config names only the models the tiny builder writes and data in the repository, so that it
+    runs as shipped on a clone (tests/recipes/test_recipes.py runs each recipe with these models and data)."""
+    import yaml
+
+    from hf_alphaadam.models.tiny import BUILDERS, DEFAULT_OUT
+
+    assert {str(DEFAULT_OUT / name) for name in BUILDERS} < BUILT_MODELS
+    values = yaml.safe_load((CONFIGS / config).read_text())
+    named = {key: values[key] for key in PATH_KEYS if values.get(key)}
+    assert named.get("dataset_name") and (named.get("model_name_or_path") or named.get("config_name")), named
+    for key, value in named.items():
+        if key == "dataset_name":
+            assert (RECIPES.parent / value).exists() and value.startswith("data/"), (key, value)
+        else:
+            assert value in BUILT_MODELS, (key, value)
