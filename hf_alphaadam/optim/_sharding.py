@@ -17,6 +17,7 @@ Supported here:
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 import torch
@@ -24,16 +25,18 @@ from torch import Tensor
 
 try:  # torch.distributed is optional (e.g. some macOS / mobile builds)
     import torch.distributed as dist
-    from torch.distributed.tensor import DTensor, Replicate, Shard
 except ImportError:  # pragma: no cover - depends on the torch build
     dist = None
-    DTensor = None
 
 SumsReducer = Callable[[Tensor, list[int]], Tensor]
 
 
 def is_dtensor(tensor: Tensor) -> bool:
-    return DTensor is not None and isinstance(tensor, DTensor)
+    # A DTensor exists only once torch.distributed.tensor is imported; not importing it here keeps
+    # `import hf_alphaadam.optim` about 1.5 s faster.
+    dtensor_module = sys.modules.get("torch.distributed.tensor")
+    dtensor = getattr(dtensor_module, "DTensor", None)
+    return dtensor is not None and isinstance(tensor, dtensor)
 
 
 def local(tensor: Tensor) -> Tensor:
@@ -45,6 +48,8 @@ def _reduction_groups(param: Tensor) -> tuple:
     """The process groups over which the local sums of ``param`` must be added (empty: not sharded)."""
     if not is_dtensor(param):
         return ()
+    from torch.distributed.tensor import Replicate, Shard
+
     groups = []
     for mesh_dim, placement in enumerate(param.placements):
         if isinstance(placement, Shard):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from typing import Any
 
 from transformers import TrainerCallback
@@ -30,8 +31,8 @@ from transformers.trainer_callback import CallbackHandler
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AlphaMonitorCallback", "find_statistics_optimizer", "ALPHA_PREFIX", "MASK_RATIO_PREFIX",
-           "ALPHA_TENSOR_PREFIX", "MASK_RATIO_TENSOR_PREFIX"]
+__all__ = ["AlphaMonitorCallback", "attach_to_calling_trainer", "find_statistics_optimizer", "ALPHA_PREFIX",
+           "MASK_RATIO_PREFIX", "ALPHA_TENSOR_PREFIX", "MASK_RATIO_TENSOR_PREFIX", "MONITOR_ENVIRONMENT_VARIABLE"]
 
 ALPHA_PREFIX = "alpha/"
 MASK_RATIO_PREFIX = "mask_ratio/"
@@ -216,3 +217,67 @@ class AlphaMonitorCallback(TrainerCallback):
             return None
         finally:
             del frame  # frames reference their locals: do not keep a cycle alive
+
+
+# ---- attaching the callback by itself ---------------------------------------------------------------------------
+
+MONITOR_ENVIRONMENT_VARIABLE = "HF_ALPHAADAM_MONITOR"
+# How many frames up from _calling_trainer the Trainer's create_optimizer may be (3 today: _calling_trainer <-
+# attach_to_calling_trainer <- the optimizer constructor's __new__ <- Trainer.create_optimizer).
+_MAX_TRAINER_FRAMES = 6
+
+
+def attach_to_calling_trainer() -> AlphaMonitorCallback | None:
+    """Attach an AlphaMonitorCallback to the Trainer that is creating an optimizer of this package right now.
+
+    Called by the optimizer constructor that ``optim="alphaadam"`` etc. (and :func:`~.registry.
+    optimizer_cls_and_kwargs`) give the Trainer, so that ``trl sft --optim alphaadam``, LLaMA-Factory and axolotl
+    log ``alpha/...`` and ``mask_ratio/...`` without user code. The rules:
+
+    - the Trainer is the ``self`` of a calling frame (``Trainer.create_optimizer`` calls the constructor); an
+      optimizer built outside a Trainer gets nothing;
+    - if the Trainer already has an AlphaMonitorCallback (passed by the user, by a plugin, or attached before),
+      nothing is added: that one moves itself ahead of the reporting callbacks when training starts;
+    - otherwise a new ``AlphaMonitorCallback()`` is installed first in the Trainer's callbacks, so that its keys
+      reach TensorBoard, W&B and ``log_history`` (the optimizer is created before ``on_train_begin``);
+    - ``HF_ALPHAADAM_MONITOR=0`` turns this off (``1``, the default, keeps it on; any other value is an error).
+
+    Returns the attached callback, or None.
+    """
+    if not _monitor_switch_on():
+        return None
+    trainer = _calling_trainer()
+    if trainer is None:
+        return None
+    if any(isinstance(callback, AlphaMonitorCallback) for callback in trainer.callback_handler.callbacks):
+        return None
+    callback = AlphaMonitorCallback().install(trainer)
+    logger.info("AlphaMonitorCallback attached to %s (alpha/... and mask_ratio/... in the logs; %s=0 turns this "
+                "off)", type(trainer).__name__, MONITOR_ENVIRONMENT_VARIABLE)
+    return callback
+
+
+def _monitor_switch_on() -> bool:
+    value = os.environ.get(MONITOR_ENVIRONMENT_VARIABLE, "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"{MONITOR_ENVIRONMENT_VARIABLE}={value!r} is not allowed: use 1 (attach "
+                         "AlphaMonitorCallback to Trainers that use an optimizer of hf_alphaadam; the default) or 0 "
+                         "(do not attach it)")
+    return value == "1"
+
+
+def _calling_trainer() -> Any | None:
+    from transformers.trainer import Trainer  # imported already: the caller checks
+
+    frame = inspect.currentframe()
+    try:
+        for _ in range(_MAX_TRAINER_FRAMES):
+            frame = frame.f_back if frame is not None else None
+            if frame is None:
+                return None
+            candidate = frame.f_locals.get("self")
+            if isinstance(candidate, Trainer) and getattr(candidate, "callback_handler", None) is not None:
+                return candidate
+        return None
+    finally:
+        del frame

@@ -4,8 +4,11 @@ Each optimizer is one :class:`OptimizerSpec` entry in :data:`BUILTIN_OPTIMIZERS`
 the constructor arguments the name implies and the typed ``optim_args`` it accepts. Adding an optimizer means
 adding one entry (or calling :func:`add_optimizer` from outside the package).
 
-:func:`register` (run by ``import hf_alphaadam``; idempotent) makes every name a valid ``optim=`` value for
-``TrainingArguments``, ``HfArgumentParser`` / ``TrlParser`` command lines and YAML files, and the Trainer.
+:func:`register` (idempotent) makes every name a valid ``optim=`` value for ``TrainingArguments``,
+``HfArgumentParser`` / ``TrlParser`` command lines and YAML files, and the Trainer. It runs by itself, lazily
+(:mod:`hf_alphaadam._autoregister`): :func:`register_training_arguments` (point 1 below) as soon as
+``transformers.training_args`` is imported, the rest as soon as ``transformers.trainer`` is, in any process that
+imported ``hf_alphaadam`` or that started with the package's ``.pth`` hook installed.
 transformers 5.x has no public extension point for that, so this module -- and only this module -- extends three
 private ones, checked by :func:`check_transformers_compatibility` (which raises a clear error when a release
 changes them):
@@ -14,7 +17,8 @@ changes them):
    ``OptimizerNames(optim)`` and the argument parsers take their ``--optim`` choices from iterating the enum when
    the parser is built. A member is added per name. Its pickled form (``training_args.bin``) is
    ``registry._optimizer_name("alphaadam")``, so loading the file in a fresh process imports this package (and
-   registers) by itself; plain enum members would fail there with "'alphaadam' is not a valid OptimizerNames".
+   registers) by itself, even without the ``.pth`` hook; plain enum members would fail there with "'alphaadam' is
+   not a valid OptimizerNames".
 2. ``transformers.trainer_optimizer._OPTIMIZER_HANDLERS``: ``Trainer.get_optimizer_cls_and_kwargs`` dispatches
    on ``args.optim`` through this dict; a handler per name is added.
 3. ``transformers.trainer._parse_optim_args``: the Trainer splits ``optim_args`` on "," and "=" *before* calling
@@ -29,7 +33,9 @@ changes them):
 The Trainer builds a "decay" and a "no_decay" param group (biases and norm weights get ``weight_decay=0``) and
 passes them to the class a handler returns. The handler returns a small constructor class that names those
 groups (``name``: ``"decay"`` / ``"no_decay"``), attaches each group's ``param_names`` from the model, under
-DeepSpeed splits them into one group per tensor, and returns a real instance of the optimizer class.
+DeepSpeed splits them into one group per tensor, and returns a real instance of the optimizer class. Built by a
+Trainer, it also attaches an ``AlphaMonitorCallback`` to that Trainer unless it has one
+(:func:`~.callback.attach_to_calling_trainer`; ``HF_ALPHAADAM_MONITOR=0`` turns this off).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import importlib
 import inspect
 import logging
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -54,7 +61,7 @@ from .distributed import check_distributed_setup, deepspeed_config, one_group_pe
 from .optim_args import TRAINING_ARGUMENT_KEYS, Option, describe_options, parse_optim_args, split_optim_args
 
 __all__ = ["BUILTIN_OPTIMIZERS", "OPTIMIZERS", "OptimizerSpec", "TransformersCompatibilityError", "add_optimizer",
-           "check_transformers_compatibility", "optimizer_cls_and_kwargs", "register"]
+           "check_transformers_compatibility", "optimizer_cls_and_kwargs", "register", "register_training_arguments"]
 
 logger = logging.getLogger(__name__)
 
@@ -260,6 +267,10 @@ def _trainer_constructor(optimizer_cls: type[torch.optim.Optimizer], param_names
             summary[group_name] = summary.get(group_name, 0) + len(group["params"])
         logger.info("%s(%s) over param groups %s (tensors per group name)", optimizer_cls.__name__,
                     ", ".join(f"{key}={value!r}" for key, value in kwargs.items()), summary)
+        if "transformers.trainer" in sys.modules:  # built by a Trainer: it gets the alpha monitor
+            from .callback import attach_to_calling_trainer
+
+            attach_to_calling_trainer()
         return optimizer
 
     name = f"{optimizer_cls.__name__}WithTrainerGroups"
@@ -318,52 +329,78 @@ _CONTEXT_FIELDS = ("args", "model", "optimizer_kwargs", "adam_kwargs", "optim_ar
 def check_transformers_compatibility() -> _ExtensionPoints:
     """Check the transformers internals :func:`register` extends; raise TransformersCompatibilityError if one
     changed. Returns ``(OptimizerNames, _OPTIMIZER_HANDLERS, transformers.trainer)``."""
-    import transformers
-
-    def fail(problem: str) -> TransformersCompatibilityError:
-        return TransformersCompatibilityError(
-            f"hf_alphaadam cannot register optim={sorted(OPTIMIZERS)} with transformers {transformers.__version__}: "
-            f"{problem}. hf_alphaadam supports transformers>=5.2,<6 (tested with 5.23). Either install such a "
-            "version, or skip registration and pass the optimizer explicitly: Trainer(..., optimizer_cls_and_kwargs="
-            "hf_alphaadam.optimizer_cls_and_kwargs(args, model, name='alphaadam'))")
-
     try:
         from transformers import trainer as trainer_module
-        from transformers import trainer_optimizer, training_args
+        from transformers import trainer_optimizer
     except ImportError as error:
-        raise fail(f"importing transformers.trainer / trainer_optimizer / training_args failed ({error})") from error
-
-    names = getattr(training_args, "OptimizerNames", None)
-    if not (isinstance(names, type) and issubclass(names, enum.Enum) and issubclass(names, str)):
-        raise fail(f"transformers.training_args.OptimizerNames is no longer a str Enum (got {names!r})")
-    if not all(isinstance(getattr(names, attribute, None), kind) for attribute, kind in
-               (("_member_map_", dict), ("_value2member_map_", dict), ("_member_names_", list))):
-        raise fail("OptimizerNames lacks the Enum internals _member_map_ / _value2member_map_ / _member_names_")
-    if names._value2member_map_.get("adamw_torch") is not getattr(names, "ADAMW_TORCH", None):
-        raise fail("OptimizerNames has no member ADAMW_TORCH = 'adamw_torch'")
+        raise _incompatible(f"importing transformers.trainer / trainer_optimizer failed ({error})") from error
+    names = _check_optimizer_names()
 
     handlers = getattr(trainer_optimizer, "_OPTIMIZER_HANDLERS", None)
     if not isinstance(handlers, dict) or names.ADAMW_TORCH not in handlers:
-        raise fail("transformers.trainer_optimizer._OPTIMIZER_HANDLERS (optim name -> handler) is missing "
-                   "or has no 'adamw_torch' entry")
+        raise _incompatible("transformers.trainer_optimizer._OPTIMIZER_HANDLERS (optim name -> handler) is "
+                            "missing or has no 'adamw_torch' entry")
     if getattr(trainer_module, "_OPTIMIZER_HANDLERS", None) is not handlers:
-        raise fail("transformers.trainer no longer dispatches through trainer_optimizer._OPTIMIZER_HANDLERS")
+        raise _incompatible("transformers.trainer no longer dispatches through "
+                            "trainer_optimizer._OPTIMIZER_HANDLERS")
     context = getattr(trainer_optimizer, "OptimizerContext", None)
     fields = tuple(f.name for f in dataclasses.fields(context)) if dataclasses.is_dataclass(context) else ()
     if not set(_CONTEXT_FIELDS) <= set(fields):
-        raise fail(f"the handlers' OptimizerContext changed: expected the fields {_CONTEXT_FIELDS}, got {fields}")
+        raise _incompatible(f"the handlers' OptimizerContext changed: expected the fields {_CONTEXT_FIELDS}, "
+                            f"got {fields}")
     if len(inspect.signature(handlers[names.ADAMW_TORCH]).parameters) != 1:
-        raise fail("optimizer handlers no longer take a single OptimizerContext argument")
+        raise _incompatible("optimizer handlers no longer take a single OptimizerContext argument")
     if not callable(getattr(trainer_module, "_parse_optim_args", None)):
-        raise fail("transformers.trainer._parse_optim_args (the Trainer's optim_args splitter) is missing")
+        raise _incompatible("transformers.trainer._parse_optim_args (the Trainer's optim_args splitter) is "
+                            "missing")
     return _ExtensionPoints(names, handlers, trainer_module)
+
+
+def _incompatible(problem: str) -> TransformersCompatibilityError:
+    import transformers
+
+    return TransformersCompatibilityError(
+        f"hf_alphaadam cannot register optim={sorted(OPTIMIZERS)} with transformers {transformers.__version__}: "
+        f"{problem}. hf_alphaadam supports transformers>=5.2,<6 (tested with 5.23). Either install such a "
+        "version, or skip registration and pass the optimizer explicitly: Trainer(..., optimizer_cls_and_kwargs="
+        "hf_alphaadam.optimizer_cls_and_kwargs(args, model, name='alphaadam'))")
+
+
+def _check_optimizer_names() -> type[enum.Enum]:
+    """``transformers.training_args.OptimizerNames``, checked to be the str Enum :func:`_add_member` extends
+    (the only internal point 1 needs; importing it does not import the Trainer)."""
+    try:
+        from transformers import training_args
+    except ImportError as error:
+        raise _incompatible(f"importing transformers.training_args failed ({error})") from error
+    names = getattr(training_args, "OptimizerNames", None)
+    if not (isinstance(names, type) and issubclass(names, enum.Enum) and issubclass(names, str)):
+        raise _incompatible(f"transformers.training_args.OptimizerNames is no longer a str Enum (got {names!r})")
+    if not all(isinstance(getattr(names, attribute, None), kind) for attribute, kind in
+               (("_member_map_", dict), ("_value2member_map_", dict), ("_member_names_", list))):
+        raise _incompatible("OptimizerNames lacks the Enum internals _member_map_ / _value2member_map_ / "
+                            "_member_names_")
+    if names._value2member_map_.get("adamw_torch") is not getattr(names, "ADAMW_TORCH", None):
+        raise _incompatible("OptimizerNames has no member ADAMW_TORCH = 'adamw_torch'")
+    return names
+
+
+def register_training_arguments() -> None:
+    """Point 1 only: add an ``OptimizerNames`` member per name of :data:`OPTIMIZERS` (idempotent), so that
+    ``TrainingArguments`` and the argument parsers accept the names. Needs only ``transformers.training_args``
+    (run by the lazy registration as soon as that module is imported); the Trainer still needs :func:`register`.
+    """
+    names = _check_optimizer_names()
+    for spec in OPTIMIZERS.values():
+        _add_member(names, spec.name)
 
 
 def register() -> None:
     """Make every optimizer in :data:`OPTIMIZERS` a valid ``optim=`` value of transformers (idempotent).
 
-    Run by ``import hf_alphaadam``. Argument parsers take their ``--optim`` choices when they are built, so build
-    them after the import. Raises TransformersCompatibilityError if transformers' internals changed.
+    Runs by itself when ``transformers.trainer`` is imported in a process that imported ``hf_alphaadam`` (or has
+    the ``.pth`` hook); calling it again is harmless. Argument parsers take their ``--optim`` choices when they are
+    built. Raises TransformersCompatibilityError if transformers' internals changed.
     """
     names, handlers, trainer_module = check_transformers_compatibility()
     for spec in OPTIMIZERS.values():
@@ -425,7 +462,7 @@ def _optimizer_name(value: str) -> enum.Enum:
     from transformers.training_args import OptimizerNames
 
     if value not in OptimizerNames._value2member_map_:
-        register()
+        register_training_arguments()
     return OptimizerNames(value)
 
 

@@ -314,7 +314,8 @@ def test_training_args_bin_loads_in_a_fresh_process(alphaadam_run, tmp_path):
     _, out = alphaadam_run
     script = tmp_path / "load_args.py"
     script.write_text(FRESH_PROCESS)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
+    # without the .pth start-up hook (tests/trainer/test_autoregister.py covers it): only the pickle imports us
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "HF_ALPHAADAM_AUTOREGISTER": "0"}
     result = subprocess.run([sys.executable, str(script), str(out / "checkpoint-2" / "training_args.bin")],
                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
     assert result.returncode == 0, result.stderr[-4000:]
