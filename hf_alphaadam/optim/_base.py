@@ -14,7 +14,10 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ._resume import prepare_load, record_writer
+from ._sharding import local
 from ._state import restore_saved_dtypes
+from ._validation import Expected
 
 
 def check_adam_hyperparameters(lr: float | Tensor, betas: tuple[float, float], eps: float,
@@ -31,7 +34,7 @@ def check_adam_hyperparameters(lr: float | Tensor, betas: tuple[float, float], e
     if not (lr_value >= 0.0 and math.isfinite(lr_value)):
         raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        raise ValueError(f"betas must be a pair (beta1, beta2) of numbers in [0, 1), got {betas!r}")
     for index, beta in enumerate(betas):
         if isinstance(beta, bool) or not isinstance(beta, (int, float)):
             raise TypeError(f"betas[{index}] must be a number in [0, 1), got {beta!r}")
@@ -64,6 +67,16 @@ def check_dense_grad(optimizer: Optimizer, grad: Tensor) -> None:
         raise ValueError(f"{type(optimizer).__name__} does not support sparse gradients (the sign mask and the "
                          "moments need every coordinate); use a dense embedding (sparse=False) "
                          "or torch.optim.SparseAdam for that parameter")
+
+
+def _pick(values: Tensor, index: Tensor | None) -> Tensor:
+    flat = values.detach().reshape(-1).float()
+    return flat if index is None else flat[index]
+
+
+def _nan_min(values: list[float]) -> float:
+    """``min`` that is NaN when any value is (Python's ``min`` skips a NaN depending on where it stands)."""
+    return math.nan if any(math.isnan(v) for v in values) else min(values)
 
 
 class StatisticsMixin:
@@ -106,28 +119,43 @@ class StatisticsMixin:
     def statistics(self, per_tensor: bool = False) -> dict[str, dict[str, Any]]:
         """Read the alpha / mask-ratio statistics of the last step (this is where the device sync happens).
 
-        Returns ``{"groups": {name: {"alpha_mean", "alpha_min", "alpha_max", "mask_ratio", "num_tensors"}},
-        "tensors": {name: {"alpha", "mask_ratio"}}}``; ``"tensors"`` is filled only with ``per_tensor=True``.
-        Param groups that share a ``name`` are reported together (the Trainer plugin splits "decay" into one
-        group per tensor under DeepSpeed). Each group reports its last step; a group that has not stepped yet is
-        left out. ``mask_ratio`` of a group is the mean over its tensors of ``sum(phi) / numel``.
+        Returns ``{"groups": {name: {"alpha_mean", "alpha_min", "alpha_max", "mask_ratio", "num_tensors",
+        "nonfinite_tensors"}}, "tensors": {name: {"alpha", "mask_ratio", "finite"}}}``; ``"tensors"`` is filled
+        only with ``per_tensor=True``. Param groups that share a ``name`` are reported together (the Trainer plugin
+        splits "decay" into one group per tensor under DeepSpeed). Each group reports its last step; a group that
+        has not stepped yet is left out. ``mask_ratio`` of a group is the mean over its tensors of
+        ``sum(phi) / numel``. ``nonfinite_tensors`` counts the stepped tensors holding NaN / Inf after the step
+        (a non-finite update leaves them so; under FSDP2 each process counts its own shards).
+
+        NaN and Inf are reported as they are: a NaN alpha of one tensor makes its group's mean, min and max NaN.
+        Tensors with no elements have no mask ratio and are left out of every value.
         """
-        names, tensor_names, alphas, ratios = [], [], [], []
+        names, tensor_names, alphas, ratios, finite = [], [], [], [], []
         for group_index, group in enumerate(self.param_groups):
             recorded = self._statistics.get(id(group))
             if recorded is None or recorded[0] is not group:
                 continue
             for positions, alpha, ratio in recorded[1]:
-                names += [self.group_name(group, group_index)] * len(positions)
-                tensor_names += [self.tensor_name(group, group_index, p) for p in positions] if per_tensor else []
-                alphas.append(alpha.reshape(-1).float())
-                ratios.append(ratio.reshape(-1).float())
+                keep = [k for k, p in enumerate(positions) if group["params"][p].numel() > 0]
+                if not keep:
+                    continue
+                stepped = [local(group["params"][positions[k]]) for k in keep]
+                names += [self.group_name(group, group_index)] * len(keep)
+                if per_tensor:
+                    tensor_names += [self.tensor_name(group, group_index, positions[k]) for k in keep]
+                index = torch.tensor(keep, device=alpha.device) if len(keep) != len(positions) else None
+                alphas.append(_pick(alpha, index))
+                ratios.append(_pick(ratio, index))
+                # the largest magnitude is NaN / Inf exactly when the tensor holds a NaN / Inf
+                finite.append(torch.stack([torch.isfinite(torch.linalg.vector_norm(t.detach(), math.inf))
+                                           for t in stepped]).float())
         if not alphas:
             return {"groups": {}, "tensors": {}}
         device = alphas[0].device
-        # one transfer for everything: [2, n] on the host
-        values = torch.stack([torch.cat([a.to(device) for a in alphas]), torch.cat([r.to(device) for r in ratios])])
-        alpha_list, ratio_list = values.cpu().tolist()
+        # one transfer for everything: [3, n] on the host
+        values = torch.stack([torch.cat([a.to(device) for a in alphas]), torch.cat([r.to(device) for r in ratios]),
+                              torch.cat([f.to(device) for f in finite])])
+        alpha_list, ratio_list, finite_list = values.cpu().tolist()
         by_name: dict[str, list[int]] = {}
         for index, name in enumerate(names):
             by_name.setdefault(name, []).append(index)
@@ -136,17 +164,44 @@ class StatisticsMixin:
             group_alphas = [alpha_list[i] for i in indices]
             groups[name] = {
                 "alpha_mean": sum(group_alphas) / len(indices),
-                "alpha_min": min(group_alphas),
-                "alpha_max": max(group_alphas),
+                "alpha_min": _nan_min(group_alphas),
+                "alpha_max": -_nan_min([-a for a in group_alphas]),
                 "mask_ratio": sum(ratio_list[i] for i in indices) / len(indices),
                 "num_tensors": len(indices),
+                "nonfinite_tensors": sum(1 for i in indices if not finite_list[i]),
             }
-        tensors = {name: {"alpha": a, "mask_ratio": r} for name, a, r in zip(tensor_names, alpha_list, ratio_list)}
+        tensors = {name: {"alpha": a, "mask_ratio": r, "finite": bool(f)}
+                   for name, a, r, f in zip(tensor_names, alpha_list, ratio_list, finite_list)}
         return {"groups": groups, "tensors": tensors}
 
+    # options whose change on resume is refused even with adopt_changed_settings (the state's shapes follow them)
+    LAYOUT_OPTIONS: tuple[str, ...] = ()
+    # set by the constructor: continue with changed settings on resume instead of raising (see ``_resume.py``)
+    adopt_changed_settings: bool = False
+    defaults: dict[str, Any]
+
+    def state_dict(self) -> dict[str, Any]:
+        """``Optimizer.state_dict`` plus, in each param group, the name of the optimizer class that wrote it."""
+        return record_writer(self, super().state_dict())  # type: ignore[misc]
+
+    def _expected_state(self, options: dict[str, Any], group_index: int, position: int, param: Tensor,
+                        saved: dict[str, Any]) -> tuple[dict[str, Expected], str]:
+        """The state tensors this optimizer keeps for ``param`` under ``options`` (the saved group's), and the
+        options that decide it in words, for :func:`~._validation.check_saved_state`."""
+        raise NotImplementedError
+
+    def _adapt_loaded_state(self, saved: dict[str, Any], param: Tensor, saved_options: dict[str, Any],
+                            options: dict[str, Any], group_index: int, position: int) -> dict[str, Any]:
+        """The state entry to load when the settings change from ``saved_options`` to ``options`` (default: as
+        saved)."""
+        return saved
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """``Optimizer.load_state_dict`` that keeps each saved state tensor's dtype (torch casts them to the
-        parameter's dtype, which would round fp32 moments of a bf16 parameter to bf16)."""
+        """``Optimizer.load_state_dict`` that first validates the whole incoming state and the settings it was
+        written with (``_resume.prepare_load``: a refused load changes nothing), then keeps each saved state
+        tensor's dtype (torch casts them to the parameter's dtype, which would round fp32 moments of a bf16
+        parameter to bf16)."""
+        state_dict = prepare_load(self, state_dict)
         # torch replaces the group dicts: carry per-group records kept by id(group) (layouts) over to the new ones
         layouts = getattr(self, "_layouts", None)
         previous = [layouts.get(id(group)) for group in self.param_groups] if layouts is not None else None

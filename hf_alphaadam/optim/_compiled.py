@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._masking import alpha_from_sums
+from ._masking import alpha_from_sums, reported_alpha
 from ._sharding import SumsReducer
 from ._state import compute_dtype
 
@@ -261,7 +261,7 @@ def _compiled_alphaadam(
             _run("apply", p, g, m, v, pre_row, post_row)
         for originals, computed in zip(zip(device_params, device_m, device_v), flat):
             _copy_back_if_needed(originals, (computed[0], computed[2], computed[3]))
-        buckets.append((list(indices), alpha_values, sums[:, 2] / numel))
+        buckets.append((list(indices), reported_alpha(sums, alpha_values, alpha), sums[:, 2] / numel))
     return buckets
 
 

@@ -70,6 +70,17 @@ def alpha_from_sums(sums: Tensor, numel: Tensor, alpha: str, alpha_max: float | 
     return torch.where(nonempty, value, one)
 
 
+def reported_alpha(sums: Tensor, alpha_values: Tensor, alpha: str) -> Tensor:
+    """alpha as the statistics report it: the value the step used, except that where the norm rule's sums are
+    NaN or Inf (a non-finite update) the ratio ``sqrt(sum u^2 / sum (phi*u)^2)`` is reported as it is (NaN or
+    Inf) instead of the 1 that :func:`alpha_from_sums` falls back to. ``[n]`` like ``alpha_values``."""
+    if alpha != "norm":
+        return alpha_values
+    sq_u, sq_masked = sums[:, 0], sums[:, 1]
+    finite = torch.isfinite(sq_u) & torch.isfinite(sq_masked)
+    return torch.where(finite, alpha_values, torch.sqrt(sq_u / sq_masked).to(alpha_values.dtype))
+
+
 def masked_step(u: Tensor, phi: Tensor, alpha: str, alpha_max: float | None, numel: int | None = None,
                 reduce_sums: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """One tensor's masked, rescaled direction ``alpha * (phi * u)`` with its alpha and mask ratio.
@@ -87,14 +98,15 @@ def masked_step(u: Tensor, phi: Tensor, alpha: str, alpha_max: float | None, num
     Returns:
         ``(step_direction, alpha, mask_ratio)`` with 0-d ``alpha`` and ``mask_ratio`` tensors. The direction is
         all zeros when the mask is empty (the caller must then not move the tensor, weight decay included).
+        The returned alpha is the reported one (:func:`reported_alpha`: NaN / Inf for a non-finite update).
     """
     masked = phi * u
     sums = torch.stack([u.square().sum(), masked.square().sum(), phi.sum()]).unsqueeze(0)
     if reduce_sums is not None:
         sums = reduce_sums(sums)
     whole = torch.tensor([numel if numel is not None else u.numel()], dtype=sums.dtype, device=sums.device)
-    alpha_value = alpha_from_sums(sums, whole, alpha, alpha_max)[0]
-    return alpha_value * masked, alpha_value, sums[0, 2] / whole[0]
+    alpha_values = alpha_from_sums(sums, whole, alpha, alpha_max)
+    return alpha_values[0] * masked, reported_alpha(sums, alpha_values, alpha)[0], sums[0, 2] / whole[0]
 
 
 def validate_mask_options(mask: str, alpha: str, alpha_max: float | None, first_step: str) -> None:

@@ -11,7 +11,10 @@ threads, and has one call per step.
 It is compiled from the shipped source with the system C compiler on first use (about a second; ``$CC`` or
 ``cc``), cached under ``$HF_ALPHAADAM_CACHE`` (default ``~/.cache/hf_alphaadam``) keyed by the source, the
 compiler and the CPU, and loaded with ``ctypes``. Where no compiler works, :func:`available` is ``False`` and
-the optimizer takes another path.
+the optimizer takes another path. Next to each library a ``.sha256`` file records its size and SHA-256 at build
+time; a cached library is loaded only when it matches (a truncated file would kill the process with SIGBUS when
+mapped, a foreign one run anything): otherwise it is rebuilt, with one warning, and where that fails too the
+optimizer takes another path.
 
 The math is that of ``_single_tensor_alphaadam`` in fp32 (no FMA contraction), except that the bias corrections
 are applied as multiplications by their reciprocals (one division per element instead of three) and the sums are
@@ -34,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ._masking import alpha_from_sums
+from ._masking import alpha_from_sums, reported_alpha
 from ._sharding import SumsReducer
 
 logger = logging.getLogger(__name__)
@@ -89,28 +92,57 @@ def _cpu_key() -> str:
         return platform.processor() or platform.machine()
 
 
+def _fingerprint(path: Path | str) -> str:
+    """``"<size> <sha256>"`` of a file: what the ``.sha256`` record next to a built library holds."""
+    data = Path(path).read_bytes()
+    return f"{len(data)} {hashlib.sha256(data).hexdigest()}"
+
+
+def _record_path(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def _verified(library: Path) -> bool:
+    """Whether the cached ``library`` is the file that was built: its size and SHA-256 match its record."""
+    try:
+        return _record_path(library).read_text().strip() == _fingerprint(library)
+    except OSError:
+        return False
+
+
 def _build() -> Path:
-    """The shared library for this source, compiler and CPU, compiling it if the cache does not hold it."""
+    """The shared library for this source, compiler and CPU, compiling it if the cache does not hold a verified
+    copy (a damaged or unrecorded one is rebuilt, with a warning)."""
     compiler = _compiler()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_key(),
                                     platform.platform()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"alphaadam_cpu_{key}.so"
     if target.is_file():
-        return target
+        if _verified(target):
+            return target
+        logger.warning("AlphaAdam: the cached native kernel %s does not match its build record (truncated, "
+                       "replaced or written by an older version); rebuilding it", target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # compile to a private name, then rename: concurrent processes (the ranks of one job) never load a torn file
+    # compile to a private name, record its checksum, then rename: concurrent processes (the ranks of one job)
+    # never load a torn file, and a file that changes after the build no longer matches its record
     handle, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(handle)
+    record = f"{temporary}.sha256"
     try:
         result = subprocess.run([compiler, *FLAGS, "-o", temporary, str(SOURCE), "-lm"], capture_output=True,
                                 text=True, timeout=300)
         if result.returncode != 0:
             raise RuntimeError(f"{compiler} failed to build {SOURCE.name}:\n{result.stderr.strip()}")
+        Path(record).write_text(_fingerprint(temporary))
+        os.replace(record, _record_path(target))
         os.replace(temporary, target)
     finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        for path in (temporary, record):
+            if os.path.exists(path):
+                os.unlink(path)
+    if not _verified(target):  # another process replaced the file or its record in between
+        raise RuntimeError(f"{target} does not match its build record right after the build")
     logger.debug("built %s", target)
     return target
 
@@ -271,6 +303,8 @@ def _native_alphaadam(
     for originals, computed in zip((params, exp_avgs, exp_avg_sqs), (work[0], work[2], work[3])):
         _write_back(originals, computed)
     mask_ratio = sums[:, 2].to(torch.float32) / numel
+    if alpha == "norm":
+        alpha_values = reported_alpha(sums.to(torch.float32), alpha_values, alpha)
     return [(list(range(n)), alpha_values, mask_ratio)]
 
 
@@ -282,6 +316,10 @@ def momentum_free_adam(params: list[Tensor], grads: list[Tensor], exp_avg_sqs: l
     if not params:
         return
     n = len(params)
+    for index, (param, grad, exp_avg_sq) in enumerate(zip(params, grads, exp_avg_sqs)):
+        if grad.shape != param.shape or exp_avg_sq.shape != param.shape or len(grads) != n or len(exp_avg_sqs) != n:
+            raise ValueError(f"momentum-free step: tensor {index} has shape {tuple(param.shape)} but its gradient "
+                             f"{tuple(grad.shape)} and exp_avg_sq {tuple(exp_avg_sq.shape)}: they must be equal")
     p, g, v = _working_copies(params, grads, exp_avg_sqs)
     torch._foreach_add_(state_steps, 1)
     lr_value = float(lr)

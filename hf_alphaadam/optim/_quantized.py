@@ -133,10 +133,19 @@ def is_quantized(state: dict) -> bool:
 
 
 def dequantize_moment(state: dict, key: str) -> Tensor:
-    """The fp32 value of moment ``key`` (``"exp_avg"`` or ``"exp_avg_sq"``) of a quantized state."""
+    """The fp32 value of moment ``key`` (``"exp_avg"`` or ``"exp_avg_sq"``) of a quantized state.
+
+    Checks first that the codes are contiguous uint8 and the absmax a contiguous fp32 ``[ceil(numel / 256)]``
+    (bitsandbytes trusts the sizes and would read out of bounds)."""
     functional = require_bitsandbytes()
-    codes = state[f"{key}_codes"]
-    return functional.dequantize_blockwise(codes, absmax=state[f"{key}_absmax"],
+    codes, absmax = state[f"{key}_codes"], state[f"{key}_absmax"]
+    blocks = num_blocks(codes.numel())
+    if (codes.dtype != torch.uint8 or absmax.dtype != torch.float32 or tuple(absmax.shape) != (blocks,)
+            or not codes.is_contiguous() or not absmax.is_contiguous() or absmax.device != codes.device):
+        raise ValueError(f"8-bit state {key!r}: codes {str(codes.dtype)} {tuple(codes.shape)} on {codes.device} "
+                         f"and absmax {str(absmax.dtype)} {tuple(absmax.shape)} on {absmax.device} do not fit: "
+                         f"expected contiguous uint8 codes and float32 absmax of shape ({blocks},) on one device")
+    return functional.dequantize_blockwise(codes, absmax=absmax,
                                            code=quantization_map(codes.device, key == "exp_avg"),
                                            blocksize=BLOCKSIZE)
 
@@ -149,6 +158,14 @@ def quantize_moment_(state: dict, key: str, value: Tensor) -> None:
         value.float(), code=quantization_map(codes.device, key == "exp_avg"), blocksize=BLOCKSIZE)
     codes.copy_(new_codes.view(codes.shape))
     absmax.copy_(quant_state.absmax)
+
+
+def quantized(value: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
+    """New ``(codes, absmax)`` of the fp32 ``value`` (codes shaped like it): a moment converted to 8 bits."""
+    functional = require_bitsandbytes()
+    codes, quant_state = functional.quantize_blockwise(
+        value.float().contiguous(), code=quantization_map(value.device, signed), blocksize=BLOCKSIZE)
+    return codes.view(value.shape), quant_state.absmax.float().contiguous()
 
 
 def quantized_state_bytes(numel: int) -> int:

@@ -70,9 +70,12 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import _get_scalar_dtype, _get_value
 
 from ._base import StatisticsMixin, check_adam_hyperparameters, check_dense_grad, check_param_groups
-from ._masking import alpha_from_sums, masked_step, sign_agreement, validate_mask_options
+from ._masking import alpha_from_sums, masked_step, reported_alpha, sign_agreement, validate_mask_options
 from ._sharding import SumsReducer, dtensor_sums_reducer, is_dtensor, local, partition_sums_reducer
 from ._state import compute_dtype, resolve_state_dtype, state_dtype_for
+from ._rotation import _aligned, _exact_zeros, _factored_second_moment, _rotate, _svd_bases, _unrotate
+from ._state_layout import adadiag_expected_state
+from ._validation import describe_mismatch
 from .alphaadam import alphaadam
 
 __all__ = ["AdaDiag", "adadiag", "EMBEDDING_PATTERN"]
@@ -124,10 +127,14 @@ class AdaDiag(StatisticsMixin, Optimizer):
             batched.
         maximize: maximize the objective.
         partition_group: process group for flat-partition groups (``whole_numel``) of non-rotated tensors.
+        adopt_changed_settings: on ``load_state_dict``, continue with changed settings instead of raising (as
+            AlphaAdam; ``_resume.py``). :attr:`LAYOUT_OPTIONS`, which shape the state, can never change.
 
     After each ``step()`` per-tensor alpha and mask ratio are kept as tensors (both 1 without a mask);
     :meth:`statistics` reads them.
     """
+
+    LAYOUT_OPTIONS = ("two_sided", "side", "moment_space", "second_moment", "rotate", "max_dim", "state_dtype")
 
     def __init__(
         self,
@@ -153,6 +160,7 @@ class AdaDiag(StatisticsMixin, Optimizer):
         foreach: bool | None = None,
         maximize: bool = False,
         partition_group: Any = None,
+        adopt_changed_settings: bool = False,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, update_freq=update_freq,
                         two_sided=two_sided, side=side, moment_space=moment_space, second_moment=second_moment,
@@ -165,6 +173,9 @@ class AdaDiag(StatisticsMixin, Optimizer):
         if len(params) == 0:
             raise ValueError("AdaDiag got an empty parameter list: pass at least one parameter")
         self._validate_group(defaults)
+        if not isinstance(adopt_changed_settings, bool):
+            raise ValueError(f"adopt_changed_settings must be True or False, got {adopt_changed_settings!r}")
+        self.adopt_changed_settings = adopt_changed_settings
         self._layouts: dict[int, list[tuple[tuple[int, ...], tuple[bool, bool]]]] = {}
         super().__init__(params, defaults)
         self.partition_group = partition_group
@@ -175,7 +186,7 @@ class AdaDiag(StatisticsMixin, Optimizer):
 
     @staticmethod
     def _validate_group(group: dict[str, Any]) -> None:
-        check_adam_hyperparameters(group["lr"], tuple(group["betas"]), group["eps"], group["weight_decay"])
+        check_adam_hyperparameters(group["lr"], group["betas"], group["eps"], group["weight_decay"])
         update_freq = group["update_freq"]
         if isinstance(update_freq, bool) or not isinstance(update_freq, int):
             raise TypeError(f"update_freq must be an integer >= 1 (steps between basis refreshes), "
@@ -228,6 +239,12 @@ class AdaDiag(StatisticsMixin, Optimizer):
             self.partition_group = None
         if not hasattr(self, "_layouts"):
             self._layouts = {}
+
+    def _expected_state(self, options: dict[str, Any], group_index: int, position: int, param: Tensor,
+                        saved: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        left, right = self.rotation_sides({**options, "param_names": self.param_groups[group_index].get(
+            "param_names")}, position, tuple(param.shape))
+        return adadiag_expected_state(left, right, options["second_moment"] == "adafactor", local(param))
 
     @staticmethod
     def rotation_sides(group: dict[str, Any], position: int, shape: tuple[int, ...]) -> tuple[bool, bool]:
@@ -295,6 +312,11 @@ class AdaDiag(StatisticsMixin, Optimizer):
             expected = {"basis_left": left, "basis_right": right, "exp_avg_sq_row": rotated and factored,
                         "exp_avg_sq": not (rotated and factored)}
             wrong = [key for key, wanted in expected.items() if (key in state) != wanted]
+            for key, spec in adadiag_expected_state(left, right, factored, local(param))[0].items():
+                tensor = state.get(key)  # before any write: every state tensor of the shape the step assumes
+                if tensor is not None and (tensor.shape != spec.shape or tensor.device != param.device):
+                    raise ValueError(describe_mismatch(self._name(group, position), key, tensor, spec.shape,
+                                                       param.device))
             if wrong:
                 raise ValueError(
                     f"the optimizer state of {self._name(group, position)} (keys {sorted(state)}) does not match "
@@ -361,6 +383,7 @@ class AdaDiag(StatisticsMixin, Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            validate_mask_options(group["mask"], group["alpha"], group["alpha_max"], group["first_step"])
             self._check_layout(group)
             (params, grads, exp_avgs, exp_avg_sqs, rows, cols, lefts, rights, steps,
              positions) = self._init_group(group)
@@ -397,66 +420,6 @@ def _whole_shape(param: Tensor) -> tuple[int, ...]:
 def _whole_on_every_rank(param: Tensor) -> bool:
     """A DTensor whose local tensor is the whole matrix (only Replicate placements)."""
     return all(placement.is_replicate() for placement in param.placements)
-
-
-# ---------------------------------------------------------------------------------------------------- math
-
-
-def _svd_bases(grad: Tensor, left: bool, right: bool) -> tuple[Tensor | None, Tensor | None]:
-    """Full-rank orthogonal bases from the SVD of ``grad`` (``[m, n]`` or a stacked ``[B, m, n]``).
-
-    Returns ``P = U`` (m x m) if ``left`` and ``Q = V`` (n x n) if ``right``; an economy SVD is used when it already
-    gives the square factor that is asked for (the smaller side), the full one otherwise.
-    """
-    m, n = grad.shape[-2:]
-    full = (left and m > n) or (right and n > m)
-    u, _, vh = torch.linalg.svd(grad, full_matrices=full)
-    return (u if left else None), (vh.mT if right else None)
-
-
-def _aligned(new: Tensor, old: Tensor) -> Tensor:
-    """``new`` with each column's sign flipped where its overlap with the same column of ``old`` is negative."""
-    overlap = (new * old).sum(dim=-2, keepdim=True)
-    return torch.where(overlap < 0, -new, new)
-
-
-def _rotate(x: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
-    """``P^T x Q`` (original -> rotated basis); a missing side is the identity."""
-    if left is not None:
-        x = left.mT @ x
-    if right is not None:
-        x = x @ right
-    return x
-
-
-def _unrotate(x: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
-    """``P x Q^T`` (rotated -> original basis)."""
-    if left is not None:
-        x = left @ x
-    if right is not None:
-        x = x @ right.mT
-    return x
-
-
-def _exact_zeros(shape: tuple[int, ...], left: bool, right: bool, dtype: torch.dtype,
-                 device: torch.device) -> Tensor | None:
-    """0/1 mask of the entries of ``P^T G Q`` that are exactly zero right after the bases came from ``svd(G)``
-    (off-diagonal entries when two-sided; the rows / columns past min(m, n) when one-sided on the larger side);
-    ``None`` when there are none."""
-    m, n = shape[-2:]
-    if left and right:
-        return torch.eye(m, n, dtype=dtype, device=device)
-    if left and m > n:
-        return (torch.arange(m, device=device) < n).to(dtype).unsqueeze(-1).expand(m, n)
-    if right and n > m:
-        return (torch.arange(n, device=device) < m).to(dtype).unsqueeze(-2).expand(m, n)
-    return None
-
-
-def _factored_second_moment(rows: Tensor, cols: Tensor) -> Tensor:
-    """Adafactor's ``V = r c^T / mean(r)`` from row / column means of the squared gradient (0 where r = 0)."""
-    scale = rows.mean(dim=-1, keepdim=True).clamp_min(torch.finfo(rows.dtype).tiny)
-    return (rows / scale).unsqueeze(-1) * cols.unsqueeze(-2)
 
 
 def adadiag(
@@ -810,6 +773,7 @@ def _rotated_bucket(params, grads, exp_avgs, exp_avg_sqs, rows_list, cols_list, 
         mask_ratio = sums[:, 2] / numel
         moved = (sums[:, 2] > 0).to(dtype).view(count, 1, 1)
         direction = alpha_values.view(count, 1, 1) * masked
+        alpha_values = reported_alpha(sums, alpha_values, alpha)
     if moment_space == "rotated":
         direction = _unrotate(direction, left, right)
 

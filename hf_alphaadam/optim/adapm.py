@@ -66,7 +66,7 @@ from torch.optim.optimizer import _get_scalar_dtype, _get_value
 
 from ._base import StatisticsMixin, check_adam_hyperparameters, check_dense_grad, check_param_groups
 from . import _native, _tensor_threads
-from ._masking import alpha_from_sums, masked_step, sign_agreement, validate_mask_options
+from ._masking import alpha_from_sums, masked_step, reported_alpha, sign_agreement, validate_mask_options
 from ._policy import (
     GROUP_POLICIES,
     POLICIES,
@@ -79,6 +79,8 @@ from ._policy import (
 )
 from ._sharding import SumsReducer, dtensor_sums_reducer, is_dtensor, local, partition_sums_reducer
 from ._state import compute_dtype, resolve_state_dtype, state_dtype_for
+from ._state_layout import adapm_expected_state
+from ._validation import describe_mismatch
 from .alphaadam import alphaadam
 
 __all__ = ["AdaPM", "adapm", "optimizer_state_memory", "compare_with_adamw"]
@@ -139,7 +141,13 @@ class AdaPM(StatisticsMixin, Optimizer):
             single-threaded torch kernels (``_tensor_threads.py``; their small matrix products do not speed up
             with more MKL threads, whole tensors side by side do). ``None`` (default): ``torch.get_num_threads()``
             for CPU tensors, where the per-thread limits work; ``1``: one tensor after another. Not state.
+        adopt_changed_settings: on ``load_state_dict``, continue with changed settings instead of raising (as
+            AlphaAdam; ``_resume.py``). :attr:`LAYOUT_OPTIONS`, which shape the state, can never change.
     """
+
+    LAYOUT_OPTIONS = ("rank", "second_moment", "head_dim", "policy", "none_modules", "full_modules",
+                      "lowrank_modules", "lm_head", "other", "fused_qkv_modules", "transposed_modules",
+                      "dense_fallback", "state_dtype")
 
     def __init__(
         self,
@@ -174,6 +182,7 @@ class AdaPM(StatisticsMixin, Optimizer):
         partition_group: Any = None,
         log_policy: bool = True,
         tensor_threads: int | None = None,
+        adopt_changed_settings: bool = False,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
                         second_moment=second_moment, head_dim=head_dim, refit_iters=refit_iters, residual=residual,
@@ -194,6 +203,9 @@ class AdaPM(StatisticsMixin, Optimizer):
                                            or tensor_threads < 1):
             raise ValueError(f"tensor_threads must be None or an integer >= 1, got {tensor_threads!r}")
         self.tensor_threads = tensor_threads
+        if not isinstance(adopt_changed_settings, bool):
+            raise ValueError(f"adopt_changed_settings must be True or False, got {adopt_changed_settings!r}")
+        self.adopt_changed_settings = adopt_changed_settings
         self._plans: dict[int, list[TensorPlan]] = {}
         self._workspace: dict[Any, Tensor] = {}  # reusable CPU scratch of the fast path (not state)
         self._constructing = True
@@ -210,7 +222,7 @@ class AdaPM(StatisticsMixin, Optimizer):
 
     @staticmethod
     def _validate_group(group: dict[str, Any]) -> None:
-        check_adam_hyperparameters(group["lr"], tuple(group["betas"]), group["eps"], group["weight_decay"])
+        check_adam_hyperparameters(group["lr"], group["betas"], group["eps"], group["weight_decay"])
         validate_mask_options(group["mask"], group["alpha"], group["alpha_max"], group["first_step"])
         resolve_state_dtype(group["state_dtype"])
         rank = group["rank"]
@@ -327,6 +339,12 @@ class AdaPM(StatisticsMixin, Optimizer):
                 rebuilt.append(TensorPlan(plan.name, new.shape, new.role, new.reason, new.transposed, new.segments))
             self._plans[id(group)] = rebuilt
 
+    def _expected_state(self, options: dict[str, Any], group_index: int, position: int, param: Tensor,
+                        saved: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        plan = self._group_plans(self.param_groups[group_index])[position]
+        sharded = "whole_numel" in options or is_dtensor(param)
+        return adapm_expected_state(plan.name, plan.shape, options, param, sharded)
+
     def plans(self, group_index: int | None = None) -> list[TensorPlan]:
         """The per-tensor plans of one group, or of all groups in order."""
         groups = self.param_groups if group_index is None else [self.param_groups[group_index]]
@@ -395,14 +413,14 @@ class AdaPM(StatisticsMixin, Optimizer):
             state = self.state[param]
             if len(state) == 0:
                 self._init_state(param, plan, state, state_dtype_for(param, state_dtype), group["seed"])
-            elif not sharded:
+            else:  # before any kernel writes: every state tensor as the plan needs it
                 for key, shape in plan.state_shapes().items():
-                    if key not in state or tuple(state[key].shape) != shape:
-                        found = tuple(state[key].shape) if key in state else "missing"
-                        raise RuntimeError(
-                            f"AdaPM: state {key!r} of {plan.name} has shape {found}, but the policy "
-                            f"({plan.describe_momentum()}, second moment {plan.describe_second_moment()}) needs "
-                            f"{shape}. Resume with the rank / policy options the state was saved with")
+                    tensor = state.get(key)
+                    shape = tuple(param.shape) if sharded and plan.kind != "structured" else shape
+                    if (tensor is None or tuple(tensor.shape) != shape or tensor.device != param.device
+                            or not tensor.is_floating_point()):
+                        raise ValueError(describe_mismatch(plan.name, key, tensor, shape, param.device) + (
+                            f" (policy {plan.describe_momentum()}, second moment {plan.describe_second_moment()})"))
             params.append(param)
             grads.append(param.grad)
             states.append(state)
@@ -458,6 +476,7 @@ class AdaPM(StatisticsMixin, Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            validate_mask_options(group["mask"], group["alpha"], group["alpha_max"], group["first_step"])
             params, grads, states, plans, positions = self._init_group(group)
             numels, reduce_sums = self._sharding(group, [p for p, plan in zip(params, plans)
                                                          if plan.kind == "adam_full"])
@@ -1131,6 +1150,7 @@ def _structured_step(param: Tensor, grad: Tensor, state: dict[str, Any], plan: T
         for rs, cs in blocks:
             P_b = P[rs, cs]
             P_b.mul_(decay).addcmul_(U[rs, cs], step_scale)
+        alpha_t = reported_alpha(sums, alpha_t.reshape(1), alpha)[0]
     if V is not None and V is not stored_v:
         stored_v.copy_(V)
     if not in_place:
@@ -1138,54 +1158,4 @@ def _structured_step(param: Tensor, grad: Tensor, state: dict[str, Any], plan: T
     return alpha_t, mask_ratio
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# memory accounting
-
-
-def _named_trainable(model_or_params: Any) -> list[tuple[str, Tensor]]:
-    if isinstance(model_or_params, torch.nn.Module):
-        return [(n, p) for n, p in model_or_params.named_parameters() if p.requires_grad]
-    return [(n, p) for n, p in model_or_params if p.requires_grad]
-
-
-def optimizer_state_memory(model: Any, state_dtype: torch.dtype | str | None = None, **adapm_options: Any
-                           ) -> dict[str, Any]:
-    """Optimizer-state bytes of ``model`` (a module or ``(name, param)`` pairs; ``meta`` tensors are fine) under
-    AdaPM with ``adapm_options`` and under AdamW (two moments in the same state dtype rule: fp32 for bf16 params).
-
-    Returns ``{"adapm": {"momentum", "second_moment", "total"}, "adamw": {...}, "ratio": {...},
-    "num_params": int, "per_tensor": {name: bytes}}``. Nothing is allocated beyond the optimizer's plans.
-    """
-    named = _named_trainable(model)
-    optimizer = AdaPM(named, state_dtype=state_dtype, log_policy=False, **adapm_options)
-    by_kind = optimizer.state_bytes_by_kind()
-    resolved = resolve_state_dtype(state_dtype)
-    adamw_half = sum(p.numel() * torch.empty((), dtype=state_dtype_for(p, resolved)).element_size()
-                     for _, p in named)
-    adapm_total = by_kind["momentum"] + by_kind["second_moment"]
-    adamw = {"momentum": adamw_half, "second_moment": adamw_half, "total": 2 * adamw_half}
-    adapm_bytes = {**by_kind, "total": adapm_total}
-    return {
-        "adapm": adapm_bytes,
-        "adamw": adamw,
-        "ratio": {key: adapm_bytes[key] / adamw[key] if adamw[key] else float("nan") for key in adamw},
-        "num_params": sum(p.numel() for _, p in named),
-        "per_tensor": optimizer.state_bytes(),
-    }
-
-
-def compare_with_adamw(model: Any, state_dtype: torch.dtype | str | None = None, log: bool = True,
-                       **adapm_options: Any) -> str:
-    """A small table of AdaPM's optimizer-state memory next to AdamW's (also logged unless ``log=False``)."""
-    memory = optimizer_state_memory(model, state_dtype=state_dtype, **adapm_options)
-    mib = lambda b: f"{b / 2**20:,.1f} MiB"  # noqa: E731
-    lines = [f"optimizer state for {memory['num_params']:,} parameters "
-             f"(AdaPM {', '.join(f'{k}={v}' for k, v in adapm_options.items()) or 'defaults'})",
-             f"{'':<14}{'AdamW':>16}{'AdaPM':>16}{'AdaPM/AdamW':>14}"]
-    for key in ("momentum", "second_moment", "total"):
-        lines.append(f"{key:<14}{mib(memory['adamw'][key]):>16}{mib(memory['adapm'][key]):>16}"
-                     f"{memory['ratio'][key]:>13.1%}")
-    table = "\n".join(lines)
-    if log:
-        _log_main_process(table)
-    return table
+from ._adapm_memory import compare_with_adamw, optimizer_state_memory  # noqa: E402,F401 (the public names)

@@ -42,10 +42,12 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import _get_scalar_dtype, _get_value
 
 from ._base import StatisticsMixin, check_adam_hyperparameters, check_dense_grad, check_param_groups
-from ._masking import alpha_from_sums, masked_step, sign_agreement, validate_mask_options
+from ._masking import alpha_from_sums, masked_step, reported_alpha, sign_agreement, validate_mask_options
 from . import _native, _quantized
 from ._sharding import SumsReducer, dtensor_sums_reducer, is_dtensor, local, partition_sums_reducer
 from ._state import compute_dtype, resolve_state_dtype, state_dtype_for
+from ._state_layout import adapt_alphaadam_state, alphaadam_expected_state
+from ._validation import check_quantized_moments, check_step_inputs, describe_mismatch
 
 __all__ = ["AlphaAdam", "alphaadam"]
 
@@ -117,6 +119,10 @@ class AlphaAdam(StatisticsMixin, Optimizer):
             stochastic rounding, reproducible: the random bits depend only on a per-tensor key in the state and
             the step, so a resumed run rounds exactly as an uninterrupted one). fp32 / fp64 parameters are not
             affected.
+        adopt_changed_settings: on ``load_state_dict``, continue with this optimizer's settings where they differ
+            from the checkpoint's (``lr``, ``alpha_max``, weight decay simply change, a new ``mask`` keeps the
+            moments, a new ``state_bits`` converts them; see ``_resume.py``) instead of raising a ValueError that
+            names each difference. Not saved in ``state_dict()``.
 
     After each ``step()`` the per-tensor alpha and mask ratio ``sum(phi) / numel`` are kept as tensors;
     :meth:`statistics` reads them.
@@ -142,6 +148,7 @@ class AlphaAdam(StatisticsMixin, Optimizer):
         min_8bit_size: int = _quantized.MIN_8BIT_SIZE,
         quantize_embeddings: bool = False,
         bf16_update: str = "plain",
+        adopt_changed_settings: bool = False,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, mask=mask, alpha=alpha,
                         alpha_max=alpha_max, first_step=first_step, state_dtype=_dtype_name(state_dtype),
@@ -154,8 +161,11 @@ class AlphaAdam(StatisticsMixin, Optimizer):
         if len(params) == 0:
             raise ValueError("AlphaAdam got an empty parameter list: pass at least one parameter")
         self._validate_group(defaults)
+        if not isinstance(adopt_changed_settings, bool):
+            raise ValueError(f"adopt_changed_settings must be True or False, got {adopt_changed_settings!r}")
         super().__init__(params, defaults)
         self.partition_group = partition_group
+        self.adopt_changed_settings = adopt_changed_settings
         check_param_groups(self)
         # the tensor shapes of each group as built, to recognise a group later replaced by a flat partition
         self._layouts = {id(group): [tuple(p.shape) for p in group["params"]] for group in self.param_groups}
@@ -163,7 +173,7 @@ class AlphaAdam(StatisticsMixin, Optimizer):
 
     @staticmethod
     def _validate_group(group: dict[str, Any]) -> None:
-        check_adam_hyperparameters(group["lr"], tuple(group["betas"]), group["eps"], group["weight_decay"])
+        check_adam_hyperparameters(group["lr"], group["betas"], group["eps"], group["weight_decay"])
         validate_mask_options(group["mask"], group["alpha"], group["alpha_max"], group["first_step"])
         resolve_state_dtype(group["state_dtype"])
         if group["foreach"] not in (None, True, False):
@@ -184,6 +194,16 @@ class AlphaAdam(StatisticsMixin, Optimizer):
                              f"got {group['bf16_update']!r}")
         if group["state_bits"] == 8:
             _quantized.require_bitsandbytes()  # fail at construction, not at the first step
+
+    def _expected_state(self, options: dict[str, Any], group_index: int, position: int, param: Tensor,
+                        saved: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        return alphaadam_expected_state(param, saved)
+
+    def _adapt_loaded_state(self, saved: dict[str, Any], param: Tensor, saved_options: dict[str, Any],
+                            options: dict[str, Any], group_index: int, position: int) -> dict[str, Any]:
+        names = self.param_groups[group_index].get("param_names")
+        name = names[position] if names is not None and position < len(names) else None
+        return adapt_alphaadam_state(saved, param, saved_options, options, name)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if "state_dtype" in param_group:
@@ -227,9 +247,9 @@ class AlphaAdam(StatisticsMixin, Optimizer):
                 continue
             check_dense_grad(self, param.grad)
             state = self.state[param]
+            name = names[position] if names is not None and position < len(names) else None
             if len(state) == 0:  # lazy: parameters may have been re-wrapped (FSDP2, DeepSpeed) after __init__
                 state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
-                name = names[position] if names is not None and position < len(names) else None
                 if eight_bit and _quantized.quantize_tensor(param, name, group["min_8bit_size"],
                                                             group["quantize_embeddings"]):
                     _quantized.init_quantized_state(state, param)
@@ -237,9 +257,18 @@ class AlphaAdam(StatisticsMixin, Optimizer):
                     dtype = state_dtype_for(param, state_dtype)
                     state["exp_avg"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
+            elif _quantized.is_quantized(state):  # before bitsandbytes reads the codes (dense moments: alphaadam())
+                check_quantized_moments(name or self.tensor_name(group, group_index, position), param, state,
+                                        _quantized.num_blocks(param.numel()))
             if group["bf16_update"] != "plain" and _quantized.is_low_precision(param):
                 if group["bf16_update"] == "kahan" and "compensation" not in state:
                     state["compensation"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                compensation = state.get("compensation")
+                if compensation is not None and (compensation.shape != param.shape or compensation.dtype != param.dtype
+                                                 or compensation.device != param.device):
+                    raise ValueError(describe_mismatch(name or self.tensor_name(group, group_index, position),
+                                                       "compensation", compensation, tuple(param.shape), param.device,
+                                                       param.dtype))
                 if group["bf16_update"] == "stochastic":
                     key = state.get("rounding_key")
                     if key is None:
@@ -288,7 +317,9 @@ class AlphaAdam(StatisticsMixin, Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for group_index, group in enumerate(self.param_groups):
+            # a group's options may have been edited since construction: an unknown mode must not reach a kernel
+            validate_mask_options(group["mask"], group["alpha"], group["alpha_max"], group["first_step"])
             params, grads, exp_avgs, exp_avg_sqs, steps, positions = self._init_group(group)
             numels, reduce_sums = self._sharding(group, params)
             if not params:
@@ -317,16 +348,22 @@ class AlphaAdam(StatisticsMixin, Optimizer):
                             masters[j] = _quantized.master_copy(
                                 param, None if compensation is None else local(compensation))
                             call_params[j] = masters[j]
+                call_grads = [local(grads[i]) for i in indices]
+                for j in masters:  # the foreach and fused paths take fp32 masters with fp32 (or bf16) gradients
+                    if call_grads[j].dtype == torch.float16:
+                        call_grads[j] = call_grads[j].float()
                 call_reduce = reduce_sums
                 if reduce_sums is not None and len(indices) != len(params):
                     call_reduce = (lambda sums, at, indices=indices: reduce_sums(sums, [indices[k] for k in at]))
                 buckets = alphaadam(
-                    call_params, [local(grads[i]) for i in indices], call_m, call_v, [steps[i] for i in indices],
+                    call_params, call_grads, call_m, call_v, [steps[i] for i in indices],
                     foreach=group["foreach"], fused=group["fused"], lr=group["lr"], beta1=beta1, beta2=beta2,
                     eps=group["eps"],
                     weight_decay=group["weight_decay"], mask=group["mask"], alpha=group["alpha"],
                     alpha_max=group["alpha_max"], first_step=group["first_step"], maximize=group["maximize"],
                     numels=[numels[i] for i in indices] if numels is not None else None, reduce_sums=call_reduce,
+                    name_of=lambda k, indices=indices, group=group, group_index=group_index: self.tensor_name(
+                        group, group_index, positions[indices[k]]),
                 )
                 for j, master in masters.items():
                     state = states[j]
@@ -381,8 +418,13 @@ def alphaadam(
     maximize: bool,
     numels: list[int] | None = None,
     reduce_sums: SumsReducer | None = None,
+    name_of: Callable[[int], str] | None = None,
 ) -> list[StatisticsBucket]:
     """Functional AlphaAdam step over lists of tensors (updates ``params`` and the states in place).
+
+    Before any path runs, each gradient and moment is checked against its parameter (shape, device, floating
+    dtype; ``_validation.check_step_inputs``): a ValueError naming the tensor (``name_of(i)``) instead of a
+    kernel writing out of bounds.
 
     For sharded tensors, ``numels`` gives each whole tensor's element count and ``reduce_sums(sums, indices)``
     adds the local ``[k, 3]`` sums of the tensors at ``indices`` over their shards (see ``_sharding.py``).
@@ -397,6 +439,7 @@ def alphaadam(
     options = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, mask=mask, alpha=alpha,
                    alpha_max=alpha_max, first_step=first_step, maximize=maximize)
     tensors = (params, grads, exp_avgs, exp_avg_sqs, state_steps)
+    check_step_inputs(*tensors, name_of=name_of)
     whole_numels = numels if numels is not None else [p.numel() for p in params]
     if fused is not False and (foreach is None or fused) and params and _native_step_ready(tensors):
         return _native._native_alphaadam(*tensors, numels=numels, reduce_sums=reduce_sums, **options)
@@ -629,6 +672,8 @@ def _multi_tensor_alphaadam(
             else:
                 torch._foreach_mul_(u, (-lr * alpha_values).unbind(0))
                 torch._foreach_add_(p, u)
+
+            alpha_values = reported_alpha(sums, alpha_values, alpha)
 
         _copy_back(device_params, p)
         _copy_back(device_m, m)
