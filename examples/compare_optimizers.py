@@ -15,7 +15,7 @@ held-out eval loss and perplexity, wall time) and writes to ``--output_dir``:
 With the defaults it takes about 1-3 minutes on 2 CPU cores (a GPU is used when present)::
 
     python examples/compare_optimizers.py
-    python examples/compare_optimizers.py --text_file ../shared/data/tinyshakespeare/input.txt --max_steps 600
+    python examples/compare_optimizers.py --text_file data/tinyshakespeare/input.txt --max_steps 600
 """
 
 from __future__ import annotations
