@@ -134,14 +134,15 @@ def callbacks(args: DataArguments) -> list:
 
 
 def checkpoint_to_resume(training_args) -> str | bool | None:
-    """--resume_from_checkpoint PATH, or `true` for the latest checkpoint in output_dir (None when there is none)."""
+    """--resume_from_checkpoint PATH, or `true` for the latest complete, readable checkpoint in output_dir (None
+    when there is none; a half-written or damaged checkpoint is skipped with a warning)."""
     value = training_args.resume_from_checkpoint
     if value in (None, "", "false", "False"):
         return None
     if value in ("true", "True", True):
-        from transformers.trainer_utils import get_last_checkpoint
+        from hf_alphaadam.trainer.checkpoint import last_complete_checkpoint
 
-        return get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        return last_complete_checkpoint(training_args.output_dir)
     if not Path(value).is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint {value!r}: no such checkpoint folder")
     return value

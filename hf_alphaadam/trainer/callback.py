@@ -7,6 +7,11 @@ Log keys (one set per parameter group, the group named by its ``name`` entry, e.
     alpha/<group>/min     smallest per-tensor alpha in the group
     alpha/<group>/max     largest per-tensor alpha in the group
     mask_ratio/<group>    mean over the group's tensors of sum(phi) / numel (the fraction of coordinates updated)
+    nonfinite/<group>     how many of the group's tensors hold NaN / Inf after the step (a non-finite update)
+
+NaN and Inf values are logged as they are (a NaN alpha makes its group's mean / min / max NaN), and the first log
+with a non-finite value or a non-zero ``nonfinite/<group>`` also logs one warning. Tensors with no elements are
+left out.
 
 and with ``per_tensor=True`` also, for every parameter tensor (named by its parameter name, e.g.
 ``model.layers.0.self_attn.q_proj.weight``)::
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
 from typing import Any
 
@@ -32,12 +38,13 @@ from transformers.trainer_callback import CallbackHandler
 logger = logging.getLogger(__name__)
 
 __all__ = ["AlphaMonitorCallback", "attach_to_calling_trainer", "find_statistics_optimizer", "ALPHA_PREFIX",
-           "MASK_RATIO_PREFIX", "ALPHA_TENSOR_PREFIX", "MASK_RATIO_TENSOR_PREFIX", "MONITOR_ENVIRONMENT_VARIABLE"]
+           "MASK_RATIO_PREFIX", "ALPHA_TENSOR_PREFIX", "MASK_RATIO_TENSOR_PREFIX", "MONITOR_ENVIRONMENT_VARIABLE", "NONFINITE_PREFIX"]
 
 ALPHA_PREFIX = "alpha/"
 MASK_RATIO_PREFIX = "mask_ratio/"
 ALPHA_TENSOR_PREFIX = "alpha_tensor/"
 MASK_RATIO_TENSOR_PREFIX = "mask_ratio_tensor/"
+NONFINITE_PREFIX = "nonfinite/"
 
 # How many ``.optimizer`` links to follow at most (Trainer -> AcceleratedOptimizer -> DeepSpeed wrapper -> ...).
 _MAX_WRAPPER_DEPTH = 8
@@ -79,6 +86,8 @@ def statistics_to_logs(statistics: dict[str, dict[str, Any]], per_tensor: bool =
         logs[f"{ALPHA_PREFIX}{group}/min"] = float(values["alpha_min"])
         logs[f"{ALPHA_PREFIX}{group}/max"] = float(values["alpha_max"])
         logs[f"{MASK_RATIO_PREFIX}{group}"] = float(values["mask_ratio"])
+        if "nonfinite_tensors" in values:
+            logs[f"{NONFINITE_PREFIX}{group}"] = int(values["nonfinite_tensors"])
     if per_tensor:
         for name, values in statistics.get("tensors", {}).items():
             logs[f"{ALPHA_TENSOR_PREFIX}{name}"] = float(values["alpha"])
@@ -141,6 +150,7 @@ class AlphaMonitorCallback(TrainerCallback):
     def __init__(self, per_tensor: bool = False) -> None:
         self.per_tensor = per_tensor
         self._warned_no_statistics = False
+        self._warned_nonfinite = False
         self._last_logged_step = -1
         self._installed = False  # set by install(): the automatic move is then not needed
 
@@ -172,6 +182,7 @@ class AlphaMonitorCallback(TrainerCallback):
         if not new_logs:  # the optimizer has not stepped yet (e.g. right after loading a checkpoint)
             return
         self._last_logged_step = state.global_step
+        self._warn_once_if_nonfinite(new_logs, state)
         # Trainer.log appended {**logs, "step": global_step} just before calling on_log: that is this log's entry.
         entry = state.log_history[-1] if state.log_history else None
         if entry is not None and entry.get("step") == state.global_step and all(key in entry for key in logs):
@@ -181,6 +192,19 @@ class AlphaMonitorCallback(TrainerCallback):
         logs.update(new_logs)
 
     # -- helpers ----------------------------------------------------------------------------------------------
+
+    def _warn_once_if_nonfinite(self, new_logs: dict[str, float], state: Any) -> None:
+        """One warning, the first time a logged value is NaN / Inf or a group counts non-finite tensors."""
+        if self._warned_nonfinite:
+            return
+        bad = sorted(key for key, value in new_logs.items()
+                     if not math.isfinite(value) or (key.startswith(NONFINITE_PREFIX) and value > 0))
+        if bad:
+            self._warned_nonfinite = True
+            if getattr(state, "is_world_process_zero", True):
+                logger.warning("AlphaMonitorCallback: non-finite optimizer statistics at step %d (%s): the update "
+                               "held NaN / Inf values, training has likely diverged", state.global_step,
+                               ", ".join(f"{key}={new_logs[key]}" for key in bad[:8]))
 
     def _statistics_optimizer(self, optimizer: Any, state: Any) -> Any | None:
         source = find_statistics_optimizer(optimizer)

@@ -152,7 +152,7 @@ def describe_options(options: Mapping[str, Option], defaults: Mapping[str, Any] 
 def split_optim_args(text: Any) -> list[tuple[str, str]]:
     """``"a=1, b=x"`` -> ``[("a", "1"), ("b", "x")]``, keys and values stripped; ``None`` or ``""`` -> ``[]``.
 
-    Raises OptimArgsError for a malformed string (an empty entry, an entry without ``=`` or with more than one,
+    Raises OptimArgsError for a malformed string (a blank string, an empty entry, an entry without ``=`` or with more than one,
     an empty key) and TypeError for a value that is not a string.
     """
     if text is None:
@@ -160,8 +160,11 @@ def split_optim_args(text: Any) -> list[tuple[str, str]]:
     if not isinstance(text, str):
         raise TypeError(f"optim_args must be a string of comma-separated key=value pairs (e.g. 'key1=value1,"
                         f"key2=value2'), got {type(text).__name__} {text!r}")
-    if not text.strip():
+    if not text:
         return []
+    if not text.strip():
+        raise OptimArgsError(f"optim_args={text!r} is blank: give comma-separated key=value pairs (e.g. "
+                             "'key1=value1,key2=value2') or leave optim_args unset")
     pairs = []
     for index, entry in enumerate(text.split(","), start=1):
         entry = entry.strip()

@@ -27,6 +27,9 @@ changes them):
    themselves parse the raw ``args.optim_args`` string with the optimizer's schema, so that a duplicated key is
    not silently collapsed.
 
+Besides, ``TrainingArguments.__post_init__`` (a public method) is wrapped so that ``optim_args`` of one of these
+optimizers is parsed against its schema when the arguments are built: a typo fails before any model is loaded.
+
 :func:`optimizer_cls_and_kwargs` is the same handler without any of this:
 ``Trainer(..., optimizer_cls_and_kwargs=hf_alphaadam.optimizer_cls_and_kwargs(args, model, name="alphaadam"))``.
 
@@ -130,9 +133,12 @@ ALPHAADAM_OPTIONS: dict[str, Option] = {
     "fused": Option(bool, none=True, help="two-pass step: native C kernel (fp32 CPU) or torch.compile'd kernels "
                                            "(none: automatic; false: foreach)"),
     "bf16_update": Option(str, choices=("plain", "kahan", "stochastic"), help="how bf16 parameters are written"),
+    "adopt_changed_settings": Option(bool, help="on resume, continue with settings that differ from the "
+                                                "checkpoint's instead of raising (see README 'Checkpoints')"),
 }
 
-_STATE_OPTIONS: dict[str, Option] = {key: ALPHAADAM_OPTIONS[key] for key in ("state_dtype", "foreach")}
+_STATE_OPTIONS: dict[str, Option] = {key: ALPHAADAM_OPTIONS[key] for key in ("state_dtype", "foreach",
+                                                                             "adopt_changed_settings")}
 _MASK_OPTIONS: dict[str, Option] = {key: ALPHAADAM_OPTIONS[key] for key in ("mask", "alpha", "alpha_max",
                                                                               "first_step")}
 
@@ -393,6 +399,7 @@ def register_training_arguments() -> None:
     names = _check_optimizer_names()
     for spec in OPTIMIZERS.values():
         _add_member(names, spec.name)
+    _check_optim_args_in_training_arguments()
 
 
 def register() -> None:
@@ -407,6 +414,7 @@ def register() -> None:
         member = _add_member(names, spec.name)
         handlers[member] = functools.partial(_handle, spec.name)
     _wrap_parse_optim_args(trainer_module)
+    _check_optim_args_in_training_arguments()
     logger.debug("registered optim=%s with transformers", sorted(OPTIMIZERS))
 
 
@@ -487,6 +495,27 @@ def _wrap_parse_optim_args(trainer_module: Any) -> None:
 
     parse_optim_args_naming_the_problem._hf_alphaadam_ = True
     trainer_module._parse_optim_args = parse_optim_args_naming_the_problem
+
+
+def _check_optim_args_in_training_arguments() -> None:
+    """Make ``TrainingArguments(optim=<one of ours>, optim_args=...)`` parse ``optim_args`` against the
+    optimizer's schema when the arguments are built, so that a typo fails before any model is loaded (the
+    handler parses the same string again when the Trainer builds the optimizer)."""
+    from transformers.training_args import TrainingArguments
+
+    original = TrainingArguments.__post_init__
+    if getattr(original, "_hf_alphaadam_", False):
+        return
+
+    @functools.wraps(original)
+    def post_init_checking_optim_args(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        optim = getattr(self.optim, "value", self.optim)
+        if optim in OPTIMIZERS:
+            OPTIMIZERS[optim].parse_optim_args(self.optim_args)
+
+    post_init_checking_optim_args._hf_alphaadam_ = True
+    TrainingArguments.__post_init__ = post_init_checking_optim_args
 
 
 def register_at_import() -> None:

@@ -192,7 +192,8 @@ def test_build_is_cached_per_source_and_compiler(tmp_path, monkeypatch):
     first = _native._build()
     stamp = first.stat().st_mtime_ns
     assert _native._build() == first and first.stat().st_mtime_ns == stamp  # reused, not rebuilt
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary file left behind
+    # no temporary file left behind: the library and its size / checksum record
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name, first.name + ".sha256"]
 
 
 # --------------------------------------------------------------------------------------------- AdaPM's use of it
