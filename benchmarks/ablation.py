@@ -25,7 +25,7 @@ is 3.516, the paper prints 3.523); late average: AdamW 3.243, AlphaAdam 3.237; a
 What is run here (the defaults; every number is an option):
 
 - a Llama built from a config (``_common.tiny_llama``: hidden 96, 3 layers, 4 heads, untied embeddings, ~0.35 M
-  parameters) trained from scratch, character level, on Tiny Shakespeare (``../shared/data``), batch 8 x 128
+  parameters) trained from scratch, character level, on Tiny Shakespeare (``--data_dir``), batch 8 x 128
   characters, 400 steps, linear warm-up (5 %) then cosine to 0, betas (0.9, 0.95), eps 1e-8, weight decay 0.1 on
   the >= 2-D weights only (``_common.decay_groups``), no gradient clipping (nanoGPT, whose code the paper's
   GPT-2 runs used, clips the gradient norm at 1.0 by default; ``--grad-clip 1`` does that here);

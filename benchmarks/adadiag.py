@@ -3,7 +3,7 @@
 Not a test. Two parts, written to ``benchmarks/results/adadiag[_quick].json`` and ``.png``:
 
 1. Sample efficiency: a Llama built from a config (~0.8M parameters, char-level, untied embeddings) trained on
-   Tiny Shakespeare (``../shared/data/tinyshakespeare/input.txt``, see ``_common.TINY_SHAKESPEARE``) with AdamW,
+   Tiny Shakespeare (``<data_dir>/tinyshakespeare/input.txt``, see ``_common.tiny_shakespeare``) with AdamW,
    AdaDiag (one-sided) and AdaDiag++ (two-sided) at a couple of learning rates, same data order, warm-up + cosine
    schedule. Reported: the validation curve, and the steps each run needs to reach the final validation loss of
    the best AdamW run (the paper claims 1.8-2x fewer steps than Adam for LLaMA pretraining; its sizes and steps

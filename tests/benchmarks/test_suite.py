@@ -4,8 +4,8 @@
 ``benchmarks.__main__.BENCHMARKS`` in a subprocess (one torch thread, offline) and checks the contract of
 ``benchmarks/_common.py``: ``<name>_quick.json`` with a ``machine`` entry and a PNG next to it, nothing written as a
 full result, and ``summary()`` rows derived from it. They read the data folder named by ``HF_ALPHAADAM_DATA`` (CI
-points it at ``../shared/data``), else the repository's small excerpts in ``data/``. These are ``slow`` (30-50 s each on a loaded 2-core machine,
-most of it imports). The other tests check ``benchmarks/summarize.py`` on fake benchmarks and fake results.
+points it at ``../shared/data``), else the repository's small excerpts in ``data/``. These are ``slow`` (30-50 s
+each on a loaded 2-core machine, most of it imports). The other tests check ``benchmarks/summarize.py`` on fake benchmarks and fake results.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Every recipe end to end on real data (../shared/data) with a tiny local model, for a few steps: it finishes,
+"""Every recipe end to end on real data (the excerpts in data/) with a tiny local model, for a few steps: it finishes,
 writes its metrics, logs alpha / mask-ratio keys, saves a checkpoint and resumes from it. The recipes run as
 subprocesses with their CPU config + command-line overrides, exactly as documented in recipes/README.md."""
 
