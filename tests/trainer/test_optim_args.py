@@ -32,9 +32,15 @@ def parse(text):
     return parse_optim_args(text, SCHEMA, optimizer="toy")
 
 
-@pytest.mark.parametrize("text", [None, "", "   "])
+@pytest.mark.parametrize("text", [None, ""])
 def test_no_options(text):
     assert parse(text) == {}
+
+
+@pytest.mark.parametrize("text", ["   ", "\t"])
+def test_a_blank_string_is_a_clear_error(text):
+    with pytest.raises(ValueError, match=r"is blank: give comma-separated key=value pairs .* or leave optim_args unset"):
+        parse(text)
 
 
 def test_values_convert_to_their_declared_types():

@@ -342,7 +342,14 @@ def test_training_args_bin_loads_in_a_fresh_process(alphaadam_run, tmp_path):
     ("cautious_adamw", "mask=async", ["key 'mask' is fixed to 'sync' by optim='cautious_adamw'"]),
 ])
 def test_optim_args_errors_through_the_trainer(optim, optim_args, fragments, tmp_path):
-    args = make_args(tmp_path, optim=optim, optim_args=optim_args)
+    # building the TrainingArguments already parses optim_args (a typo fails before the model is loaded) ...
+    with pytest.raises(ValueError) as raised:
+        make_args(tmp_path, optim=optim, optim_args=optim_args)
+    for fragment in fragments:
+        assert fragment in str(raised.value)
+    # ... and the Trainer's handler parses it again (for arguments changed after construction)
+    args = make_args(tmp_path, optim=optim)
+    args.optim_args = optim_args
     with pytest.raises(ValueError) as raised:
         Trainer.get_optimizer_cls_and_kwargs(args, tiny_llama())  # what Trainer.create_optimizer calls
     for fragment in fragments:
@@ -350,7 +357,9 @@ def test_optim_args_errors_through_the_trainer(optim, optim_args, fragments, tmp
 
 
 def test_optim_args_error_from_create_optimizer(tmp_path):
-    trainer = Trainer(model=tiny_llama(), args=make_args(tmp_path, optim_args="alpha=cautious"))
+    args = make_args(tmp_path)
+    args.optim_args = "alpha=cautious"  # set after construction, which would have refused it
+    trainer = Trainer(model=tiny_llama(), args=args)
     with pytest.raises(ValueError, match="alpha='cautious' is not allowed: alpha must be one of 'norm', 'count'"):
         trainer.create_optimizer()
 
