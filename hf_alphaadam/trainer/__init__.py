@@ -1,7 +1,10 @@
 """The Hugging Face Trainer side of the package: ``optim=`` registration and typed ``optim_args``.
 
-Importing ``hf_alphaadam`` registers the optimizers of :data:`OPTIMIZERS` (``alphaadam``, ``cautious_adamw``)
-with transformers; see :mod:`.registry` for how, and :mod:`.optim_args` for the ``optim_args`` schema.
+The optimizers of :data:`OPTIMIZERS` (``alphaadam``, ``cautious_adamw``, ``alphaadam_8bit``, ``adapm``,
+``adapm_mini``, ``adadiag``, ``adadiag_pp``) are registered with transformers lazily, as soon as transformers'
+training arguments are imported in a process that imported ``hf_alphaadam`` or started with the package's ``.pth``
+hook (:mod:`hf_alphaadam._autoregister`); see :mod:`.registry` for how, and :mod:`.optim_args` for the
+``optim_args`` schema. Importing this package does not import transformers.
 """
 
 from .optim_args import Option, OptimArgsError, parse_optim_args
@@ -14,8 +17,9 @@ from .registry import (
     check_transformers_compatibility,
     optimizer_cls_and_kwargs,
     register,
+    register_training_arguments,
 )
 
 __all__ = ["BUILTIN_OPTIMIZERS", "OPTIMIZERS", "OptimArgsError", "Option", "OptimizerSpec",
            "TransformersCompatibilityError", "add_optimizer", "check_transformers_compatibility",
-           "optimizer_cls_and_kwargs", "parse_optim_args", "register"]
+           "optimizer_cls_and_kwargs", "parse_optim_args", "register", "register_training_arguments"]
