@@ -127,6 +127,7 @@ def require_columns(dataset, columns, hint: str = "") -> None:
 def callbacks(args: DataArguments) -> list:
     """The alpha / mask-ratio monitor (on unless --alpha_monitor false)."""
     if not args.alpha_monitor:
+        os.environ["HF_ALPHAADAM_MONITOR"] = "0"  # else the Trainer attaches one by itself to our optimizers
         return []
     from hf_alphaadam import AlphaMonitorCallback
 
