@@ -298,3 +298,48 @@ def test_with_optim_alphaadam(tmp_path, tb_dir):
 def test_exported_from_the_package():
     assert hf_alphaadam.AlphaMonitorCallback is AlphaMonitorCallback
     assert callable(hf_alphaadam.plot_alpha)
+
+
+def test_non_finite_statistics_are_logged_as_they_are_with_one_warning(caplog):
+    """A NaN update: alpha NaN and nonfinite/<group> in the logs, and one warning the first time only."""
+    model = torch.nn.Linear(4, 3)
+    optimizer = AlphaAdam(model.parameters())
+    callback = AlphaMonitorCallback()
+    state = SimpleNamespace(global_step=0, log_history=[], is_world_process_zero=True)
+
+    def step_and_log(bad: bool) -> dict:
+        model.zero_grad()
+        model(torch.randn(2, 4)).square().sum().backward()
+        if bad:
+            model.weight.grad[0, 0] = float("nan")
+        optimizer.step()
+        state.global_step += 1
+        logs = {"loss": 1.0}
+        state.log_history.append({**logs, "step": state.global_step})
+        callback.on_log(None, state, None, logs=logs, optimizer=optimizer)
+        return logs
+
+    with caplog.at_level(logging.WARNING, logger=CALLBACK_LOGGER):
+        healthy = step_and_log(bad=False)
+        assert healthy["nonfinite/group0"] == 0 and healthy["alpha/group0/mean"] == healthy["alpha/group0/mean"]
+        assert not caplog.records
+        sick = step_and_log(bad=True)
+        assert sick["nonfinite/group0"] == 1
+        assert sick["alpha/group0/mean"] != sick["alpha/group0/mean"]  # NaN, not the guarded 1
+        assert state.log_history[-1]["nonfinite/group0"] == 1
+        step_and_log(bad=True)
+    warnings = [r for r in caplog.records if "non-finite optimizer statistics" in r.getMessage()]
+    assert len(warnings) == 1 and "nonfinite/group0=1" in warnings[0].getMessage()
+
+
+def test_zero_element_parameters_leave_the_logged_mask_ratio_finite():
+    empty = torch.nn.Parameter(torch.zeros(0, 3))
+    weight = torch.nn.Parameter(torch.randn(3, 3))
+    optimizer = AlphaAdam([weight, empty])
+    weight.grad, empty.grad = torch.ones(3, 3), torch.zeros(0, 3)
+    optimizer.step()
+    callback = AlphaMonitorCallback()
+    state = SimpleNamespace(global_step=1, log_history=[{"loss": 1.0, "step": 1}], is_world_process_zero=True)
+    logs = {"loss": 1.0}
+    callback.on_log(None, state, None, logs=logs, optimizer=optimizer)
+    assert logs["mask_ratio/group0"] == 1.0 and logs["nonfinite/group0"] == 0
