@@ -7,7 +7,7 @@ name) and on load compare the saved options with the current ones. :func:`prepar
 incoming state and returns the state dict torch should load, before anything is changed: a refused load leaves
 the optimizer exactly as it was.
 
-What a difference means (each row tested in ``tests/optim/test_resume_settings.py``):
+What a difference means (each row tested in ``tests/hardening/test_resume_settings.py``):
 
 =========================================================  =====================  ================================
 setting changed on resume                                  by default             with ``adopt_changed_settings``

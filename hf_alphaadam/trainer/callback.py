@@ -38,7 +38,8 @@ from transformers.trainer_callback import CallbackHandler
 logger = logging.getLogger(__name__)
 
 __all__ = ["AlphaMonitorCallback", "attach_to_calling_trainer", "find_statistics_optimizer", "ALPHA_PREFIX",
-           "MASK_RATIO_PREFIX", "ALPHA_TENSOR_PREFIX", "MASK_RATIO_TENSOR_PREFIX", "MONITOR_ENVIRONMENT_VARIABLE", "NONFINITE_PREFIX"]
+           "MASK_RATIO_PREFIX", "ALPHA_TENSOR_PREFIX", "MASK_RATIO_TENSOR_PREFIX", "MONITOR_ENVIRONMENT_VARIABLE",
+           "NONFINITE_PREFIX"]
 
 ALPHA_PREFIX = "alpha/"
 MASK_RATIO_PREFIX = "mask_ratio/"

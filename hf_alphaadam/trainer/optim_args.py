@@ -152,8 +152,8 @@ def describe_options(options: Mapping[str, Option], defaults: Mapping[str, Any] 
 def split_optim_args(text: Any) -> list[tuple[str, str]]:
     """``"a=1, b=x"`` -> ``[("a", "1"), ("b", "x")]``, keys and values stripped; ``None`` or ``""`` -> ``[]``.
 
-    Raises OptimArgsError for a malformed string (a blank string, an empty entry, an entry without ``=`` or with more than one,
-    an empty key) and TypeError for a value that is not a string.
+    Raises OptimArgsError for a malformed string (a blank string, an empty entry, an entry without ``=`` or with
+    more than one, an empty key) and TypeError for a value that is not a string.
     """
     if text is None:
         return []

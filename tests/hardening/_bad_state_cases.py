@@ -88,7 +88,8 @@ def _():
     optimizer.step()
 
 
-@case("functional alphaadam(): moment on a list of the wrong length", ValueError, r"exp_avgs has 0 entries but params has 1")
+@case("functional alphaadam(): moment on a list of the wrong length", ValueError,
+      r"exp_avgs has 0 entries but params has 1")
 def _():
     p = torch.zeros(4)
     functional_alphaadam([p], [p.clone()], [], [torch.zeros(4)], [torch.tensor(0.0)], lr=1e-3, beta1=0.9,
