@@ -87,9 +87,9 @@ OPTIMIZERS = {"adamw": ("adamw_torch", "AdamW"), "alphaadam": ("alphaadam", "Alp
 HUB_GSM8K = ("openai/gsm8k", "main")
 DEFAULT_MODEL = REPO_ROOT / "outputs" / "models" / "smollm2-135m-instruct"
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of training, where the held-out loss is measured
-DEFAULTS = dict(optimizers=list(OPTIMIZERS), lrs=[5e-4, 1.5e-3, 4.5e-3], seeds=3, steps=16, batch_size=4,
-                max_length=128, eval_size=16, accuracy_size=32, max_new_tokens=80, lora_r=8, lora_alpha=16,
-                alpha_steps=8, alpha_lr=1e-5)
+DEFAULTS = dict(optimizers=list(OPTIMIZERS), lrs=[5e-4, 1.5e-3, 4.5e-3], seeds=3, steps=12, batch_size=4,
+                max_length=128, eval_size=12, accuracy_size=32, max_new_tokens=80, lora_r=8, lora_alpha=16,
+                alpha_steps=6, alpha_lr=1e-5)
 QUICK = dict(optimizers=["adamw", "alphaadam"], lrs=[1e-3], seeds=1, steps=4, batch_size=2, max_length=96,
              eval_size=4, accuracy_size=4, max_new_tokens=8, lora_r=8, lora_alpha=16, alpha_steps=2, alpha_lr=1e-5)
 DATA_SEED = 1234  # fixes which test problems are held out (the same for every run)
