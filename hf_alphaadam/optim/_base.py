@@ -69,9 +69,11 @@ def check_dense_grad(optimizer: Optimizer, grad: Tensor) -> None:
                          "or torch.optim.SparseAdam for that parameter")
 
 
-def _pick(values: Tensor, index: Tensor | None) -> Tensor:
-    flat = values.detach().reshape(-1).float()
-    return flat if index is None else flat[index]
+def _finite(tensor: Tensor) -> Tensor:
+    """1.0 if ``tensor`` holds no NaN / Inf (its largest magnitude is finite), else 0.0; an empty shard is finite."""
+    if tensor.numel() == 0:
+        return torch.ones((), device=tensor.device)
+    return torch.isfinite(torch.linalg.vector_norm(tensor.detach(), math.inf)).float()
 
 
 def _nan_min(values: list[float]) -> float:
@@ -92,15 +94,25 @@ class StatisticsMixin:
         # id(param group) -> (the group, [(positions in the group, alpha [n], mask ratio [n])]) of its last step.
         # Keyed by the group itself, not its index: DeepSpeed ZeRO-1/2 steps each group alone, swapping
         # ``param_groups`` for a one-group list during ``step()``.
-        self._statistics: dict[int, tuple[dict[str, Any], list[tuple[list[int], Tensor, Tensor]]]] = {}
+        self._statistics: dict[int, tuple[dict[str, Any], list[tuple[list[int], Tensor, Tensor, list[Tensor]]]]] = {}
 
     def _begin_statistics(self, group: dict[str, Any]) -> None:
         self._statistics[id(group)] = (group, [])
 
     def _record_statistics(self, group: dict[str, Any], positions: list[int], alpha: Tensor,
                            mask_ratio: Tensor) -> None:
-        self._statistics.setdefault(id(group), (group, []))[1].append((positions, alpha.detach(),
-                                                                       mask_ratio.detach()))
+        """Keep one bucket's statistics with its stepped tensors (read for NaN / Inf only by :meth:`statistics`).
+        Tensors with no elements (the whole tensor's count: ``whole_numel`` for a ZeRO partition) are left out."""
+        tensors = [group["params"][p] for p in positions]
+        whole = group.get("whole_numel")
+        keep = [k for k, t in enumerate(tensors) if (int(whole) if whole is not None else t.numel()) > 0]
+        alpha, mask_ratio = alpha.detach().reshape(-1), mask_ratio.detach().reshape(-1)
+        if len(keep) != len(positions):
+            index = torch.tensor(keep, dtype=torch.long, device=alpha.device)
+            alpha, mask_ratio = alpha[index], mask_ratio[index.to(mask_ratio.device)]
+            positions, tensors = [positions[k] for k in keep], [tensors[k] for k in keep]
+        if positions:
+            self._statistics.setdefault(id(group), (group, []))[1].append((positions, alpha, mask_ratio, tensors))
 
     @staticmethod
     def group_name(group: dict[str, Any], group_index: int) -> str:
@@ -120,7 +132,7 @@ class StatisticsMixin:
         """Read the alpha / mask-ratio statistics of the last step (this is where the device sync happens).
 
         Returns ``{"groups": {name: {"alpha_mean", "alpha_min", "alpha_max", "mask_ratio", "num_tensors",
-        "nonfinite_tensors"}}, "tensors": {name: {"alpha", "mask_ratio", "finite"}}}``; ``"tensors"`` is filled
+        "nonfinite_tensors"}}, "tensors": {name: {"alpha", "mask_ratio"}}}``; ``"tensors"`` is filled
         only with ``per_tensor=True``. Param groups that share a ``name`` are reported together (the Trainer plugin
         splits "decay" into one group per tensor under DeepSpeed). Each group reports its last step; a group that
         has not stepped yet is left out. ``mask_ratio`` of a group is the mean over its tensors of
@@ -135,20 +147,13 @@ class StatisticsMixin:
             recorded = self._statistics.get(id(group))
             if recorded is None or recorded[0] is not group:
                 continue
-            for positions, alpha, ratio in recorded[1]:
-                keep = [k for k, p in enumerate(positions) if group["params"][p].numel() > 0]
-                if not keep:
-                    continue
-                stepped = [local(group["params"][positions[k]]) for k in keep]
-                names += [self.group_name(group, group_index)] * len(keep)
+            for positions, alpha, ratio, tensors in recorded[1]:
+                names += [self.group_name(group, group_index)] * len(positions)
                 if per_tensor:
-                    tensor_names += [self.tensor_name(group, group_index, positions[k]) for k in keep]
-                index = torch.tensor(keep, device=alpha.device) if len(keep) != len(positions) else None
-                alphas.append(_pick(alpha, index))
-                ratios.append(_pick(ratio, index))
-                # the largest magnitude is NaN / Inf exactly when the tensor holds a NaN / Inf
-                finite.append(torch.stack([torch.isfinite(torch.linalg.vector_norm(t.detach(), math.inf))
-                                           for t in stepped]).float())
+                    tensor_names += [self.tensor_name(group, group_index, p) for p in positions]
+                alphas.append(alpha.float())
+                ratios.append(ratio.float())
+                finite.append(torch.stack([_finite(local(t)).to(alpha.device) for t in tensors]))
         if not alphas:
             return {"groups": {}, "tensors": {}}
         device = alphas[0].device
@@ -170,8 +175,7 @@ class StatisticsMixin:
                 "num_tensors": len(indices),
                 "nonfinite_tensors": sum(1 for i in indices if not finite_list[i]),
             }
-        tensors = {name: {"alpha": a, "mask_ratio": r, "finite": bool(f)}
-                   for name, a, r, f in zip(tensor_names, alpha_list, ratio_list, finite_list)}
+        tensors = {name: {"alpha": a, "mask_ratio": r} for name, a, r in zip(tensor_names, alpha_list, ratio_list)}
         return {"groups": groups, "tensors": tensors}
 
     # options whose change on resume is refused even with adopt_changed_settings (the state's shapes follow them)
