@@ -33,6 +33,7 @@ plain torch) loads as before: saved options win, and only the state tensors are 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from torch import Tensor
@@ -86,18 +87,16 @@ def setting_differences(optimizer: Any, saved: dict[str, Any], group: dict[str, 
     return differences
 
 
-def _loaded_group(saved: dict[str, Any], group: dict[str, Any], adopt: bool) -> dict[str, Any]:
-    """The group dict torch loads: the saved one, with the current execution options and, when adopting, the
-    current settings."""
+def _loaded_group(saved: dict[str, Any], group: dict[str, Any], adopted: Iterable[str] = ()) -> dict[str, Any]:
+    """The group dict torch loads: the saved one (with its running, scheduled ``lr``), with the current execution
+    options and the current value of each ``adopted`` setting."""
     loaded = {key: value for key, value in saved.items() if key != RECORD_KEY}
     for key in EXECUTION_OPTIONS:
         if key in group:
             loaded[key] = group[key]
-    if adopt:
-        for key, value in group.items():
-            if key not in ("params", "param_names", "initial_lr"):
-                loaded[key] = value
-        if "initial_lr" in loaded or "initial_lr" in group:
+    for key in adopted:
+        loaded[key] = group[key]
+        if key == "lr" and ("initial_lr" in loaded or "initial_lr" in group):
             loaded["initial_lr"] = group.get("initial_lr", group["lr"])
     return loaded
 
@@ -139,14 +138,14 @@ def prepare_load(optimizer: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
     for index, (saved, group) in enumerate(zip(saved_groups, groups)):
         label = _group_label(optimizer, group, index)
         try:
-            optimizer._validate_group({**optimizer.defaults, **_loaded_group(saved, group, adopt=False)})
+            optimizer._validate_group({**optimizer.defaults, **_loaded_group(saved, group)})
         except (TypeError, ValueError) as error:
             raise ValueError(f"{label} of the state dict has an option out of range: {error}") from None
         changed = setting_differences(optimizer, saved, group) if recorded else {}
         for key, (old, new) in changed.items():
             text = f"{label}: {key} {old!r} (saved) -> {new!r} (now)"
             (refused if key in optimizer.LAYOUT_OPTIONS else differences).append(text)
-        loaded_groups.append(_loaded_group(saved, group, adopt=bool(changed)))
+        loaded_groups.append(_loaded_group(saved, group, adopted=changed))
     if refused:
         raise ValueError(f"resuming with other settings than the checkpoint's: {'; '.join(refused + differences)}. "
                          f"{', '.join(sorted(optimizer.LAYOUT_OPTIONS))} determine the shapes of {kind}'s state and "

@@ -253,3 +253,18 @@ def test_a_refused_state_check_leaves_the_optimizer_as_it_was():
     with pytest.raises(ValueError, match="negative"):
         optimizer.load_state_dict(bad)
     assert_same_snapshot(before, snapshot(optimizer))
+
+
+def test_adopting_another_setting_keeps_the_scheduled_learning_rate():
+    params = model()
+    optimizer = AlphaAdam(params, lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + step))
+    for _ in range(3):
+        train(optimizer, params, steps=1)
+        scheduler.step()
+    saved = copy.deepcopy(optimizer.state_dict())
+    resumed = AlphaAdam(model(), lr=1e-2, mask="sync", adopt_changed_settings=True)
+    torch.optim.lr_scheduler.LambdaLR(resumed, lambda step: 1 / (1 + step))
+    resumed.load_state_dict(saved)
+    assert resumed.param_groups[0]["mask"] == "sync"
+    assert resumed.param_groups[0]["lr"] == saved["param_groups"][0]["lr"] == 1e-2 / 4  # running, not the initial
