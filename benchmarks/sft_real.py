@@ -13,7 +13,7 @@ Trainer from its ``optim=`` name:
 
 all with betas (0.9, 0.999), no weight decay, gradient clipping at 1.0, a linear warm-up over 1/8 of the steps
 then linear decay to 0, batch 4. Only GSM8K problems whose prompt + solution fit in 128 tokens are used (about
-18 % of each split: 1346 of 7473 train, 222 of 1319 test), so nothing is truncated, the model learns to finish
+17 % of each split: 1346 of 7473 train, 222 of 1319 test), so nothing is truncated, the model learns to finish
 with ``#### N``, and its greedy answers fit in a short generation.
 
 Protocol, per optimizer: a learning-rate grid with seed 0, the best learning rate (by the final held-out loss)
@@ -34,14 +34,16 @@ optimizer's numbers are equally optimistic. This is a CPU-sized check: a few doz
 model, a few dozen held-out problems, 3 seeds. The held-out loss moves a lot in such a run (the model learns the
 answer format); a 135M model solves few GSM8K problems, so the accuracy is a coarse count.
 
-Default run (``python -m benchmarks run sft_real``): 4 optimizers x (3 lrs + 2 more seeds) = 20 LoRA runs of 16
-steps, held-out loss on 16 problems, accuracy on 32 problems (at most 80 new tokens), plus the pretrained model's
-loss and accuracy and an 8-step full fine-tuning run for the alpha picture: about 45 minutes on the 2-core
-machine under the load of other work, less on a quiet one. The JSON is rewritten after every run (``"complete":
-false`` until the end).
+Default run (``python -m benchmarks run sft_real``): 4 optimizers x (3 lrs + 2 more seeds) = 20 LoRA runs of 12
+steps, held-out loss on 12 problems, accuracy on 32 problems (at most 80 new tokens), plus the pretrained model's
+loss and accuracy and a 6-step full fine-tuning run for the alpha picture. On the 2-core machine under the load of
+other jobs (load average ~5) a LoRA run took ~2.5 min and the whole run ~1 hour (``seconds`` in the JSON); on a
+quiet machine about half. Use ``--threads 1`` on a loaded machine: with 2 torch threads competing with other
+processes for 2 cores, a LoRA step took 20-45 s instead of 5-7 s and greedy generation ~10x longer. The JSON is
+rewritten after every run (``"complete": false`` until the end).
 
     python -m benchmarks run sft_real                          # -> benchmarks/results/sft_real.json, .png, _alpha.png
-    python -m benchmarks run sft_real --quick                  # smoke run: AdamW vs AlphaAdam, 4 steps (~1-2 min)
+    python -m benchmarks run sft_real --quick                  # smoke run: AdamW vs AlphaAdam, 4 steps (~1.5 min)
     python -m benchmarks run sft_real --optimizers adamw alphaadam --steps 32 --lrs 1e-4 3e-4 1e-3 --seeds 5
 
 Data: GSM8K from ``<data_dir>/gsm8k/{train,test}.jsonl`` (``--data_dir`` / ``HF_ALPHAADAM_DATA``), else the Hub's
@@ -54,8 +56,7 @@ from __future__ import annotations
 
 import os
 
-# Before anything imports transformers / huggingface_hub: never try to reach the Hub for the model.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The model is a local folder (loaded without the Hub); only GSM8K may come from the Hub, without --data_dir.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse  # noqa: E402
@@ -536,13 +537,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--optimizers", nargs="+", choices=list(OPTIMIZERS), help="default: all four")
     parser.add_argument("--lrs", nargs="+", type=float, help=f"the grid (default {DEFAULTS['lrs']})")
     parser.add_argument("--seeds", type=int, help="seeds at the best lr, the grid's seed 0 included (default 3)")
-    parser.add_argument("--steps", type=int, help="training steps per run, a multiple of 4 (default 16)")
+    parser.add_argument("--steps", type=int, help="training steps per run, a multiple of 4 (default 12)")
     parser.add_argument("--batch_size", type=int, help="default 4")
     parser.add_argument("--max_length", type=int, help="only problems of at most this many tokens (default 128)")
-    parser.add_argument("--eval_size", type=int, help="held-out problems for the loss (default 16)")
+    parser.add_argument("--eval_size", type=int, help="held-out problems for the loss (default 12)")
     parser.add_argument("--accuracy_size", type=int, help="held-out problems for the accuracy (default 32)")
     parser.add_argument("--max_new_tokens", type=int, help="generation length for the accuracy (default 80)")
-    parser.add_argument("--alpha_steps", type=int, help="steps of the full fine-tuning alpha run (default 8)")
+    parser.add_argument("--alpha_steps", type=int, help="steps of the full fine-tuning alpha run (default 6)")
     parser.add_argument("--model", type=Path, default=None,
                         help=f"model folder (default {DEFAULT_MODEL.relative_to(REPO_ROOT)}, built on first use)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default torch's; quick 1)")
