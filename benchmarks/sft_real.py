@@ -371,16 +371,25 @@ def aggregate(result: dict[str, Any]) -> dict[str, Any]:
     return table
 
 
-def verdict(diff: tuple[float, float] | None, seeds: int, lower_is_better: bool = True) -> str:
-    """"better" / "worse" when the paired mean difference exceeds twice its standard error, else "not shown"."""
+def verdict(diff: tuple[float, float] | None, seeds: int, lower_is_better: bool = True, floor: float = 0.0) -> str:
+    """"better" / "worse" when the paired mean difference exceeds twice its standard error over seeds (and
+    ``floor``), else "not shown"."""
     if diff is None or seeds < 2:
         return "not shown (fewer than 2 paired seeds)"
     mean, std = diff
-    margin = 2 * std / math.sqrt(seeds)
+    margin = max(2 * std / math.sqrt(seeds), floor)
     if abs(mean) <= margin:
         return "not shown (within noise)"
     better = mean < 0 if lower_is_better else mean > 0
     return "better than AdamW" if better else "worse than AdamW"
+
+
+def accuracy_noise(accuracies: list[float], questions: int, seeds: int) -> float:
+    """Twice the binomial standard error of a difference of two accuracies over ``questions`` x ``seeds`` answers
+    (at the pooled accuracy, at least one question's worth): a spread over 3 seeds of a 32-question count can be 0
+    by chance, so a paired difference must also exceed this."""
+    p = min(max(sum(accuracies) / len(accuracies), 1 / questions), 1 - 1 / questions)
+    return 2 * math.sqrt(2 * p * (1 - p) / (questions * seeds))
 
 
 def summary(result: dict[str, Any]) -> list[dict[str, str]]:
@@ -406,6 +415,8 @@ def summary(result: dict[str, Any]) -> list[dict[str, str]]:
         label = OPTIMIZERS[name][1]
         seeds = len(entry.get("paired_seeds", []))
         curve = " / ".join(f"{d[0]:+.3f}" for d in entry["loss_diff"]) if entry.get("loss_diff") else "n/a"
+        noise = (accuracy_noise([entry["accuracy"][0], adamw["accuracy"][0]], settings["accuracy_size"], seeds)
+                 if seeds and entry["accuracy"] and adamw["accuracy"] else 0.0)
         rows.append({
             "claim": f"{label} vs AdamW: lower held-out loss after fine-tuning",
             "measured": (f"{_fmt(entry['loss'][-1])} vs {_fmt(adamw['loss'][-1])}, paired diff "
@@ -417,7 +428,7 @@ def summary(result: dict[str, Any]) -> list[dict[str, str]]:
             "claim": f"{label} vs AdamW: higher GSM8K accuracy",
             "measured": (f"{_pct(entry['accuracy'])} vs {_pct(adamw['accuracy'])}, paired diff "
                          f"{_pct(entry.get('accuracy_diff'), sign=True)}"),
-            "verdict": verdict(entry.get("accuracy_diff"), seeds, lower_is_better=False)})
+            "verdict": verdict(entry.get("accuracy_diff"), seeds, lower_is_better=False, floor=noise)})
     picture = result.get("alpha_picture")
     if picture:
         last = {label: values["alpha"][-1][1] for label, values in picture["by_type"].items()}
