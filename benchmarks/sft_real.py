@@ -395,7 +395,7 @@ def accuracy_noise(accuracies: list[float], questions: int, seeds: int) -> float
 def summary(result: dict[str, Any]) -> list[dict[str, str]]:
     """README rows: each optimizer's final held-out loss and accuracy vs AdamW's (paired over seeds), with the
     loss at the earlier fractions, the best lr and whether it is at a grid edge; and the alpha picture."""
-    settings, table = result["settings"], result["table"]
+    settings, table = result["settings"], aggregate(result)  # from the runs, not a stored table
     if "adamw" not in table:
         raise ValueError("the run has no AdamW baseline")
     base = result.get("pretrained", {})

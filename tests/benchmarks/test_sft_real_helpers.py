@@ -118,4 +118,4 @@ def test_summary_rows():
     assert "(grid edge)" in rows[0]["measured"] and "best lr 0.001" in rows[1]["measured"]
     assert "+0.000 / +0.000 / +0.000 / +0.000" in rows[1]["measured"]
     with pytest.raises(ValueError, match="no AdamW baseline"):
-        sft_real.summary({"settings": {}, "table": {}})
+        sft_real.summary({"settings": {"optimizers": [], "lrs": []}, "runs": []})
