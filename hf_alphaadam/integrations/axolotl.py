@@ -23,7 +23,8 @@ Refused combinations (with one of the package's optimizers):
 
 - a DeepSpeed config with its own ``"optimizer"`` section: DeepSpeed would use it instead of ``optimizer:``;
 - DeepSpeed's ``offload_optimizer``: DeepSpeed then steps the offloaded partitions with its own CPU Adam;
-- ``relora``: ReLoRA prunes AdamW's moment tensors in place, which the masked optimizers' states do not match.
+- ``relora``: at each restart ReLoRA prunes the tensors named ``exp_avg`` / ``exp_avg_sq`` in place; here that
+  also masks the pruned coordinates out of the next step, and the 8-bit, low-rank and rotated states are missed.
 
 With any other ``optimizer`` the plugin does nothing (and says so once).
 
@@ -115,9 +116,11 @@ class AlphaAdamPlugin(BasePlugin):
 
 def _check_combinations(cfg: dict, name: str) -> None:
     if cfg.get("relora"):
-        raise AxolotlConfigError(f"optimizer={name!r} cannot be used with relora: ReLoRA prunes AdamW's moment "
-                                 "tensors in place, which the masked optimizers' states do not match; turn relora "
-                                 "off or use an AdamW optimizer")
+        raise AxolotlConfigError(
+            f"optimizer={name!r} cannot be used with relora: at each restart ReLoRA prunes the moment tensors "
+            "named exp_avg / exp_avg_sq in place, which with these optimizers also masks the pruned coordinates "
+            "out of the next step (the mask reads the previous momentum) and misses the 8-bit, low-rank (AdaPM) "
+            "and rotated (AdaDiag) states; turn relora off or use an AdamW optimizer")
     deepspeed = _deepspeed_config(cfg.get("deepspeed"))
     if deepspeed is None:
         return
