@@ -315,9 +315,10 @@ def test_statistics_are_tensors_until_read():
     optimizer = AlphaAdam(params)
     set_grads(params, random_grads(params, 0))
     optimizer.step()
-    (positions, alpha, ratio), = optimizer._statistics[id(optimizer.param_groups[0])][1]
+    (positions, alpha, ratio, tensors), = optimizer._statistics[id(optimizer.param_groups[0])][1]
     assert isinstance(alpha, torch.Tensor) and isinstance(ratio, torch.Tensor)
     assert positions == [0, 1, 2]
+    assert all(t is p for t, p in zip(tensors, params))  # the stepped tensors, read for NaN / Inf by statistics()
 
 
 # ---------------------------------------------------------------------------------------------------------
