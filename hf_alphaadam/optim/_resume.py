@@ -25,9 +25,9 @@ layout options (:attr:`LAYOUT_OPTIONS`, e.g. AdaPM's       ValueError           
 ``foreach``, ``fused`` (which kernel runs)                 the new value          the new value
 =========================================================  =====================  ================================
 
-The learning rate a scheduler changes every step is running state, not a setting: where both groups carry
-``initial_lr`` (a scheduler was built) those are compared, otherwise ``lr``; without a difference the saved,
-scheduled ``lr`` is loaded as torch does. A state dict without the record (written before it existed, or by
+The learning rate a scheduler changes every step is running state, not a setting: where the saved group carries
+``initial_lr`` (a scheduler was built), that base rate is compared with the current ``initial_lr`` (or ``lr``),
+otherwise ``lr`` with ``lr``; without a difference the saved, scheduled ``lr`` is loaded as torch does. A state dict without the record (written before it existed, or by
 plain torch) loads as before: saved options win, and only the state tensors are checked.
 """
 
