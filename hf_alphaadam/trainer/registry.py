@@ -9,9 +9,10 @@ adding one entry (or calling :func:`add_optimizer` from outside the package).
 (:mod:`hf_alphaadam._autoregister`): :func:`register_training_arguments` (point 1 below) as soon as
 ``transformers.training_args`` is imported, the rest as soon as ``transformers.trainer`` is, in any process that
 imported ``hf_alphaadam`` or that started with the package's ``.pth`` hook installed.
+
 transformers 5.x has no public extension point for that, so this module -- and only this module -- extends three
-private ones, checked by :func:`check_transformers_compatibility` (which raises a clear error when a release
-changes them):
+private ones, checked by :func:`~.extension_points.check_transformers_compatibility` (which raises a clear error
+when a release changes them):
 
 1. ``transformers.training_args.OptimizerNames``: ``TrainingArguments.__post_init__`` converts ``optim`` with
    ``OptimizerNames(optim)`` and the argument parsers take their ``--optim`` choices from iterating the enum when
@@ -43,17 +44,15 @@ Trainer, it also attaches an ``AlphaMonitorCallback`` to that Trainer unless it 
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import functools
 import importlib
-import inspect
 import logging
 import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,6 +60,7 @@ from torch import nn
 from ..optim import AdaDiag, AdaPM, AlphaAdam
 from ..optim._masking import ALPHA_MODES, FIRST_STEP_MODES, MASK_MODES
 from .distributed import check_distributed_setup, deepspeed_config, one_group_per_tensor
+from .extension_points import TransformersCompatibilityError, check_optimizer_names, check_transformers_compatibility
 from .optim_args import TRAINING_ARGUMENT_KEYS, Option, describe_options, parse_optim_args, split_optim_args
 
 __all__ = ["BUILTIN_OPTIMIZERS", "OPTIMIZERS", "OptimizerSpec", "TransformersCompatibilityError", "add_optimizer",
@@ -315,80 +315,8 @@ def _named_groups(params: Iterable[Any], param_names: Mapping[int, str] | None, 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Registration with transformers (the only place that touches transformers internals)
+# Registration with transformers (with .extension_points, the only place that touches transformers internals)
 # ----------------------------------------------------------------------------------------------------------------
-
-
-class TransformersCompatibilityError(RuntimeError):
-    """The installed transformers no longer has the private extension points :func:`register` relies on."""
-
-
-class _ExtensionPoints(NamedTuple):
-    optimizer_names: type[enum.Enum]
-    handlers: dict[Any, Any]
-    trainer_module: Any
-
-
-_CONTEXT_FIELDS = ("args", "model", "optimizer_kwargs", "adam_kwargs", "optim_args")
-
-
-def check_transformers_compatibility() -> _ExtensionPoints:
-    """Check the transformers internals :func:`register` extends; raise TransformersCompatibilityError if one
-    changed. Returns ``(OptimizerNames, _OPTIMIZER_HANDLERS, transformers.trainer)``."""
-    try:
-        from transformers import trainer as trainer_module
-        from transformers import trainer_optimizer
-    except ImportError as error:
-        raise _incompatible(f"importing transformers.trainer / trainer_optimizer failed ({error})") from error
-    names = _check_optimizer_names()
-
-    handlers = getattr(trainer_optimizer, "_OPTIMIZER_HANDLERS", None)
-    if not isinstance(handlers, dict) or names.ADAMW_TORCH not in handlers:
-        raise _incompatible("transformers.trainer_optimizer._OPTIMIZER_HANDLERS (optim name -> handler) is "
-                            "missing or has no 'adamw_torch' entry")
-    if getattr(trainer_module, "_OPTIMIZER_HANDLERS", None) is not handlers:
-        raise _incompatible("transformers.trainer no longer dispatches through "
-                            "trainer_optimizer._OPTIMIZER_HANDLERS")
-    context = getattr(trainer_optimizer, "OptimizerContext", None)
-    fields = tuple(f.name for f in dataclasses.fields(context)) if dataclasses.is_dataclass(context) else ()
-    if not set(_CONTEXT_FIELDS) <= set(fields):
-        raise _incompatible(f"the handlers' OptimizerContext changed: expected the fields {_CONTEXT_FIELDS}, "
-                            f"got {fields}")
-    if len(inspect.signature(handlers[names.ADAMW_TORCH]).parameters) != 1:
-        raise _incompatible("optimizer handlers no longer take a single OptimizerContext argument")
-    if not callable(getattr(trainer_module, "_parse_optim_args", None)):
-        raise _incompatible("transformers.trainer._parse_optim_args (the Trainer's optim_args splitter) is "
-                            "missing")
-    return _ExtensionPoints(names, handlers, trainer_module)
-
-
-def _incompatible(problem: str) -> TransformersCompatibilityError:
-    import transformers
-
-    return TransformersCompatibilityError(
-        f"hf_alphaadam cannot register optim={sorted(OPTIMIZERS)} with transformers {transformers.__version__}: "
-        f"{problem}. hf_alphaadam supports transformers>=5.2,<6 (tested with 5.23). Either install such a "
-        "version, or skip registration and pass the optimizer explicitly: Trainer(..., optimizer_cls_and_kwargs="
-        "hf_alphaadam.optimizer_cls_and_kwargs(args, model, name='alphaadam'))")
-
-
-def _check_optimizer_names() -> type[enum.Enum]:
-    """``transformers.training_args.OptimizerNames``, checked to be the str Enum :func:`_add_member` extends
-    (the only internal point 1 needs; importing it does not import the Trainer)."""
-    try:
-        from transformers import training_args
-    except ImportError as error:
-        raise _incompatible(f"importing transformers.training_args failed ({error})") from error
-    names = getattr(training_args, "OptimizerNames", None)
-    if not (isinstance(names, type) and issubclass(names, enum.Enum) and issubclass(names, str)):
-        raise _incompatible(f"transformers.training_args.OptimizerNames is no longer a str Enum (got {names!r})")
-    if not all(isinstance(getattr(names, attribute, None), kind) for attribute, kind in
-               (("_member_map_", dict), ("_value2member_map_", dict), ("_member_names_", list))):
-        raise _incompatible("OptimizerNames lacks the Enum internals _member_map_ / _value2member_map_ / "
-                            "_member_names_")
-    if names._value2member_map_.get("adamw_torch") is not getattr(names, "ADAMW_TORCH", None):
-        raise _incompatible("OptimizerNames has no member ADAMW_TORCH = 'adamw_torch'")
-    return names
 
 
 def register_training_arguments() -> None:
@@ -396,7 +324,7 @@ def register_training_arguments() -> None:
     ``TrainingArguments`` and the argument parsers accept the names. Needs only ``transformers.training_args``
     (run by the lazy registration as soon as that module is imported); the Trainer still needs :func:`register`.
     """
-    names = _check_optimizer_names()
+    names = check_optimizer_names()
     for spec in OPTIMIZERS.values():
         _add_member(names, spec.name)
     _check_optim_args_in_training_arguments()
