@@ -130,6 +130,8 @@ class AlphaMonitorCallback(TrainerCallback):
 
     - in ``on_log`` the callback adds its keys both to ``logs`` (seen by every callback after it) and to the
       ``state.log_history`` entry just written for that log;
+    - a Trainer that creates one of the package's optimizers gets one by itself, first in its list, unless it
+      already has one (:func:`attach_to_calling_trainer`; ``HF_ALPHAADAM_MONITOR=0`` turns that off);
     - it must come first in the callback list. ``Trainer(callbacks=[AlphaMonitorCallback()])`` and
       ``trainer.add_callback(...)`` both work: at ``on_train_begin`` the callback finds the ``CallbackHandler``
       that is calling it (the caller's frame, since callbacks are not handed the handler) and moves itself to the
