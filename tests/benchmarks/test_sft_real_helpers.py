@@ -1,4 +1,4 @@
-"""Pure helpers of benchmarks/sft_real.py: encoding with the loss on the solution only, padding, the tensor types
+"""Pure helpers of benchmarks/sft_real.py and its _sft_real_results.py: encoding with the loss on the solution only, padding, the tensor types
 of the alpha picture, best-lr choice, paired differences and the README rows, on made-up runs.
 
 No model is loaded and nothing is trained (a tiny fake tokenizer stands in): the file takes about a second. The
@@ -20,6 +20,7 @@ if str(REPO_ROOT) not in sys.path:
 if getattr(sys.modules.get("benchmarks"), "__file__", "") is None:  # a namespace package imported before
     del sys.modules["benchmarks"]
 
+from benchmarks import _sft_real_results as results  # noqa: E402
 from benchmarks import sft_real  # noqa: E402
 
 
@@ -79,7 +80,7 @@ def _result(alphaadam_final_offsets):
     result = {"settings": {"optimizers": ["adamw", "alphaadam"], "lrs": [5e-4, 1e-3, 2e-3], "steps": 12,
                            "batch_size": 4, "eval_size": 12, "accuracy_size": 32, "lora_r": 8},
               "runs": runs, "pretrained": {"eval_loss": 2.2, "gsm8k": {"accuracy": 1 / 32}}}
-    result["table"] = sft_real.aggregate(result)
+    result["table"] = results.aggregate(result)
     return result
 
 
@@ -97,25 +98,25 @@ def test_best_lr_edges_and_paired_differences():
 
 def test_best_lr_waits_for_the_whole_grid():
     runs = [_run("adamw", 1e-3, 0, [1.0, 1.0, 1.0, 1.0])]
-    assert sft_real.best_lr(runs, "adamw", [1e-3, 2e-3]) is None
+    assert results.best_lr(runs, "adamw", [1e-3, 2e-3]) is None
 
 
 def test_verdicts():
-    assert sft_real.verdict((-0.10, 0.01), 3) == "better than AdamW"
-    assert sft_real.verdict((0.10, 0.01), 3) == "worse than AdamW"
-    assert sft_real.verdict((-0.01, 0.05), 3) == "not shown (within noise)"
-    assert sft_real.verdict((0.1, 0.0), 1).startswith("not shown (fewer than 2")
-    assert sft_real.verdict((0.1, 0.01), 3, lower_is_better=False) == "better than AdamW"
-    assert sft_real.verdict((0.1, 0.0), 3, lower_is_better=False, floor=0.15) == "not shown (within noise)"
+    assert results.verdict((-0.10, 0.01), 3) == "better than AdamW"
+    assert results.verdict((0.10, 0.01), 3) == "worse than AdamW"
+    assert results.verdict((-0.01, 0.05), 3) == "not shown (within noise)"
+    assert results.verdict((0.1, 0.0), 1).startswith("not shown (fewer than 2")
+    assert results.verdict((0.1, 0.01), 3, lower_is_better=False) == "better than AdamW"
+    assert results.verdict((0.1, 0.0), 3, lower_is_better=False, floor=0.15) == "not shown (within noise)"
     # 1 more right answer of 32 in each of 3 seeds (3.1 % +- 0) is within the binomial noise of 96 answers
-    assert sft_real.verdict((1 / 32, 0.0), 3, lower_is_better=False,
-                            floor=sft_real.accuracy_noise([0.05, 0.08], 32, 3)) == "not shown (within noise)"
+    assert results.verdict((1 / 32, 0.0), 3, lower_is_better=False,
+                            floor=results.accuracy_noise([0.05, 0.08], 32, 3)) == "not shown (within noise)"
 
 
 def test_summary_rows():
-    rows = sft_real.summary(_result([0.2, -0.3, 0.1]))  # loss: mean difference 0; accuracy +30 % in every seed
+    rows = results.summary(_result([0.2, -0.3, 0.1]))  # loss: mean difference 0; accuracy +30 % in every seed
     assert [r["verdict"] for r in rows] == ["noted", "not shown (within noise)", "better than AdamW"]
     assert "(grid edge)" in rows[0]["measured"] and "best lr 0.001" in rows[1]["measured"]
     assert "+0.000 / +0.000 / +0.000 / +0.000" in rows[1]["measured"]
     with pytest.raises(ValueError, match="no AdamW baseline"):
-        sft_real.summary({"settings": {"optimizers": [], "lrs": []}, "runs": []})
+        results.summary({"settings": {"optimizers": [], "lrs": []}, "runs": []})
