@@ -62,7 +62,11 @@ def test_trains_by_name(tmp_path, name, optim_args, cls, check):
     ("adadiag", "two_sided=true", "two_sided"),
 ])
 def test_bad_optim_args_are_refused(tmp_path, name, optim_args, fragment):
-    args = TrainingArguments(tmp_path, optim=name, optim_args=optim_args, use_cpu=True, report_to="none")
+    with pytest.raises(OptimArgsError) as info:  # already while the arguments are built
+        TrainingArguments(tmp_path, optim=name, optim_args=optim_args, use_cpu=True, report_to="none")
+    assert fragment in str(info.value)
+    args = TrainingArguments(tmp_path, optim=name, use_cpu=True, report_to="none")
+    args.optim_args = optim_args  # changed afterwards: the handler refuses it too
     with pytest.raises(OptimArgsError) as info:
         hf_alphaadam.optimizer_cls_and_kwargs(args)
     assert fragment in str(info.value)
