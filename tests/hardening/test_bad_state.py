@@ -12,8 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 RUNNER = Path(__file__).with_name("_bad_state_cases.py")
 
 
@@ -46,9 +44,9 @@ def test_every_bad_state_case_ends_with_a_clear_python_error():
     assert sorted(passed) == sorted(CASES)
 
 
-@pytest.mark.parametrize("name", ["native: smaller moment set into the state", "8-bit: codes truncated to one row"])
-def test_a_single_case_runs_alone(name):
+def test_a_single_case_runs_alone():
     """The runner also takes case names (how to re-run one case by hand)."""
+    name = "native: smaller moment set into the state"
     result = _run([name])
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"PASS {name}" in result.stdout
