@@ -17,6 +17,9 @@ from benchmarks._common import mean_std
 
 OPTIMIZERS = {"adamw": ("adamw_torch", "AdamW"), "alphaadam": ("alphaadam", "AlphaAdam"),
               "cautious": ("cautious_adamw", "Cautious AdamW"), "adapm": ("adapm", "AdaPM")}
+# why an optimizer can make exactly AdamW's updates here (shown in its README row)
+IDENTICAL_NOTES = {"adapm": ": AdaPM's default name policy gives every LoRA tensor (lora_A / lora_B) the role "
+                            "'other', i.e. full momentum and Adam's second moment"}
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of training, where the held-out loss is measured
 TENSOR_TYPES = (  # parameter-name pattern -> tensor type of the alpha picture, in the picture's order
     ("embed_tokens", "embed"), ("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("o_proj", "o"),
@@ -76,6 +79,9 @@ def aggregate(result: dict[str, Any]) -> dict[str, Any]:
         with_accuracy = [s for s in seeds if "gsm8k" in best_runs[name][s] and "gsm8k" in adamw[s]]
         entry["accuracy_diff"] = mean_std([best_runs[name][s]["gsm8k"]["accuracy"] - adamw[s]["gsm8k"]["accuracy"]
                                            for s in with_accuracy]) if with_accuracy else None
+        # the same updates as AdamW (e.g. AdaPM on LoRA tensors: full momentum everywhere): say so, not "noise"
+        entry["identical_to_adamw"] = bool(seeds) and entry["best_lr"] == table["adamw"]["best_lr"] and all(
+            best_runs[name][s]["eval_loss"] == adamw[s]["eval_loss"] for s in seeds)
     return table
 
 
@@ -125,6 +131,12 @@ def summary(result: dict[str, Any]) -> list[dict[str, str]]:
         curve = " / ".join(f"{d[0]:+.3f}" for d in entry["loss_diff"]) if entry.get("loss_diff") else "n/a"
         noise = (accuracy_noise([entry["accuracy"][0], adamw["accuracy"][0]], settings["accuracy_size"], seeds)
                  if seeds and entry["accuracy"] and adamw["accuracy"] else 0.0)
+        if entry.get("identical_to_adamw"):
+            rows.append({"claim": f"{label} vs AdamW: lower held-out loss / higher GSM8K accuracy",
+                         "measured": (f"identical to AdamW in every run at lr {entry['best_lr']:g} (the same held-out "
+                                      f"losses to the last digit, {seeds} seeds){IDENTICAL_NOTES.get(name, '')}"),
+                         "verdict": "not shown (the same updates as AdamW)"})
+            continue
         rows.append({
             "claim": f"{label} vs AdamW: lower held-out loss after fine-tuning",
             "measured": (f"{_fmt(entry['loss'][-1])} vs {_fmt(adamw['loss'][-1])}, paired diff "

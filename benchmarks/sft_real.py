@@ -9,7 +9,7 @@ Trainer from its ``optim=`` name:
     adamw       optim="adamw_torch"      torch.optim.AdamW
     alphaadam   optim="alphaadam"        AlphaAdam (async mask, norm alpha)
     cautious    optim="cautious_adamw"   Cautious AdamW
-    adapm       optim="adapm"            AdaPM (default name policy)
+    adapm       optim="adapm"            AdaPM (default name policy; on LoRA tensors that is AdamW, see below)
 
 all with betas (0.9, 0.999), no weight decay, gradient clipping at 1.0, a linear warm-up over 1/8 of the steps
 then linear decay to 0, batch 4. Only GSM8K problems whose prompt + solution fit in 128 tokens are used (about
@@ -28,6 +28,11 @@ optimizer, so differences to AdamW are paired per seed. Reported:
 - the pretrained model's alpha and mask ratio per tensor type (q / k / v / o / gate / up / down projections,
   embedding, norms), from a short *full* fine-tuning run with AlphaAdam and ``AlphaMonitorCallback(per_tensor=
   True)``: ``sft_real_alpha.png``.
+
+AdaPM at its defaults makes exactly AdamW's updates here: its name policy recognises the embedding, the attention
+and MLP projections and lm_head, not PEFT's ``...q_proj.lora_A.default.weight`` tensors, so every LoRA tensor gets
+the role "other" (full momentum, Adam's second moment; its policy table in the log says so). The committed run
+shows the same held-out losses to the last digit; its README row says "the same updates as AdamW".
 
 The learning rate is chosen on the same held-out set that is reported (like the GLUE benchmark), so every
 optimizer's numbers are equally optimistic. This is a CPU-sized check: a few dozen steps from a pretrained chat

@@ -96,6 +96,18 @@ def test_best_lr_edges_and_paired_differences():
     assert math.isclose(table["adamw"]["loss"][-1][0], 1.51)
 
 
+def test_identical_to_adamw_is_named_not_called_noise():
+    result = _result([0.0, 0.0, 0.0])
+    for run in [r for r in result["runs"] if r["optimizer"] == "adamw"]:
+        result["runs"].append(dict(run, optimizer="adapm"))
+    result["settings"]["optimizers"].append("adapm")
+    table = results.aggregate(result)
+    assert table["adapm"]["identical_to_adamw"] and not table["alphaadam"]["identical_to_adamw"]
+    rows = [r for r in results.summary(result) if r["claim"].startswith("AdaPM")]
+    assert len(rows) == 1 and rows[0]["verdict"] == "not shown (the same updates as AdamW)"
+    assert "identical to AdamW" in rows[0]["measured"] and "'other'" in rows[0]["measured"]
+
+
 def test_best_lr_waits_for_the_whole_grid():
     runs = [_run("adamw", 1e-3, 0, [1.0, 1.0, 1.0, 1.0])]
     assert results.best_lr(runs, "adamw", [1e-3, 2e-3]) is None
