@@ -41,9 +41,9 @@ answer format); a 135M model solves few GSM8K problems, so the accuracy is a coa
 
 Default run (``python -m benchmarks run sft_real``): 4 optimizers x (3 lrs + 2 more seeds) = 20 LoRA runs of 12
 steps, held-out loss on 12 problems, accuracy on 32 problems (at most 80 new tokens), plus the pretrained model's
-loss and accuracy and a 6-step full fine-tuning run for the alpha picture. On the 2-core machine under the load of
-other jobs (load average ~5) a LoRA run took ~2.5 min and the whole run ~1 hour (``seconds`` in the JSON); on a
-quiet machine about half. Use ``--threads 1`` on a loaded machine: with 2 torch threads competing with other
+loss and accuracy and a 6-step full fine-tuning run for the alpha picture. The committed run took 38 minutes on the
+2-core machine with ``--threads 1`` under the load of other jobs (load average 3-7): 70-135 s per LoRA run, 20-30 s
+per accuracy (``seconds`` in the JSON). Use ``--threads 1`` on a loaded machine: with 2 torch threads competing with other
 processes for 2 cores, a LoRA step took 20-45 s instead of 5-7 s and greedy generation ~10x longer. The JSON is
 rewritten after every run (``"complete": false`` until the end).
 
