@@ -74,7 +74,7 @@ def test_a_truncated_optimizer_file_would_have_failed_the_resume(tmp_path):
 def test_recipes_resume_from_the_last_complete_checkpoint(tmp_path, monkeypatch):
     """A half-written checkpoint-20 (weights only, no trainer_state.json) no longer makes `true` crash."""
     monkeypatch.syspath_prepend(str(RECIPES))
-    sys.modules.pop("common", None)
+    monkeypatch.delitem(sys.modules, "common", raising=False)  # restored afterwards: other tests patch that module
     from common import checkpoint_to_resume
 
     good = write_checkpoint(tmp_path, 10)
