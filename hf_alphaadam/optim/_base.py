@@ -101,18 +101,11 @@ class StatisticsMixin:
 
     def _record_statistics(self, group: dict[str, Any], positions: list[int], alpha: Tensor,
                            mask_ratio: Tensor) -> None:
-        """Keep one bucket's statistics with its stepped tensors (read for NaN / Inf only by :meth:`statistics`).
-        Tensors with no elements (the whole tensor's count: ``whole_numel`` for a ZeRO partition) are left out."""
+        """Keep one bucket's statistics with its stepped tensors (read for NaN / Inf, and left out where they have
+        no elements, only by :meth:`statistics`: this runs every step, that only when someone reads)."""
         tensors = [group["params"][p] for p in positions]
-        whole = group.get("whole_numel")
-        keep = [k for k, t in enumerate(tensors) if (int(whole) if whole is not None else t.numel()) > 0]
-        alpha, mask_ratio = alpha.detach().reshape(-1), mask_ratio.detach().reshape(-1)
-        if len(keep) != len(positions):
-            index = torch.tensor(keep, dtype=torch.long, device=alpha.device)
-            alpha, mask_ratio = alpha[index], mask_ratio[index.to(mask_ratio.device)]
-            positions, tensors = [positions[k] for k in keep], [tensors[k] for k in keep]
-        if positions:
-            self._statistics.setdefault(id(group), (group, []))[1].append((positions, alpha, mask_ratio, tensors))
+        self._statistics.setdefault(id(group), (group, []))[1].append(
+            (positions, alpha.detach().reshape(-1), mask_ratio.detach().reshape(-1), tensors))
 
     @staticmethod
     def group_name(group: dict[str, Any], group_index: int) -> str:
@@ -147,7 +140,15 @@ class StatisticsMixin:
             recorded = self._statistics.get(id(group))
             if recorded is None or recorded[0] is not group:
                 continue
+            whole = group.get("whole_numel")  # a ZeRO partition's whole tensor
             for positions, alpha, ratio, tensors in recorded[1]:
+                keep = [k for k, t in enumerate(tensors) if (int(whole) if whole is not None else t.numel()) > 0]
+                if len(keep) != len(positions):  # tensors with no elements have no mask ratio
+                    index = torch.tensor(keep, dtype=torch.long, device=alpha.device)
+                    alpha, ratio = alpha[index], ratio[index.to(ratio.device)]
+                    positions, tensors = [positions[k] for k in keep], [tensors[k] for k in keep]
+                if not positions:
+                    continue
                 names += [self.group_name(group, group_index)] * len(positions)
                 if per_tensor:
                     tensor_names += [self.tensor_name(group, group_index, p) for p in positions]

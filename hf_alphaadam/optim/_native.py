@@ -316,8 +316,11 @@ def momentum_free_adam(params: list[Tensor], grads: list[Tensor], exp_avg_sqs: l
     if not params:
         return
     n = len(params)
+    if len(grads) != n or len(exp_avg_sqs) != n:
+        raise ValueError(f"momentum-free step: {n} params but {len(grads)} gradients and {len(exp_avg_sqs)} "
+                         "exp_avg_sq: pass one of each per parameter")
     for index, (param, grad, exp_avg_sq) in enumerate(zip(params, grads, exp_avg_sqs)):
-        if grad.shape != param.shape or exp_avg_sq.shape != param.shape or len(grads) != n or len(exp_avg_sqs) != n:
+        if grad.shape != param.shape or exp_avg_sq.shape != param.shape:
             raise ValueError(f"momentum-free step: tensor {index} has shape {tuple(param.shape)} but its gradient "
                              f"{tuple(grad.shape)} and exp_avg_sq {tuple(exp_avg_sq.shape)}: they must be equal")
     p, g, v = _working_copies(params, grads, exp_avg_sqs)

@@ -135,16 +135,10 @@ def is_quantized(state: dict) -> bool:
 def dequantize_moment(state: dict, key: str) -> Tensor:
     """The fp32 value of moment ``key`` (``"exp_avg"`` or ``"exp_avg_sq"``) of a quantized state.
 
-    Checks first that the codes are contiguous uint8 and the absmax a contiguous fp32 ``[ceil(numel / 256)]``
-    (bitsandbytes trusts the sizes and would read out of bounds)."""
+    bitsandbytes trusts the sizes it is given: callers check the state first with
+    ``_validation.check_quantized_moments`` (the step and the ``state_bits`` conversion on load do)."""
     functional = require_bitsandbytes()
     codes, absmax = state[f"{key}_codes"], state[f"{key}_absmax"]
-    blocks = num_blocks(codes.numel())
-    if (codes.dtype != torch.uint8 or absmax.dtype != torch.float32 or tuple(absmax.shape) != (blocks,)
-            or not codes.is_contiguous() or not absmax.is_contiguous() or absmax.device != codes.device):
-        raise ValueError(f"8-bit state {key!r}: codes {str(codes.dtype)} {tuple(codes.shape)} on {codes.device} "
-                         f"and absmax {str(absmax.dtype)} {tuple(absmax.shape)} on {absmax.device} do not fit: "
-                         f"expected contiguous uint8 codes and float32 absmax of shape ({blocks},) on one device")
     return functional.dequantize_blockwise(codes, absmax=absmax,
                                            code=quantization_map(codes.device, key == "exp_avg"),
                                            blocksize=BLOCKSIZE)

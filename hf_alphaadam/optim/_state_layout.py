@@ -16,7 +16,7 @@ from torch import Tensor
 from . import _quantized
 from ._policy import build_plan
 from ._state import resolve_state_dtype, state_dtype_for
-from ._validation import Expected
+from ._validation import Expected, check_quantized_moments
 
 # the keys bf16_update may add to any parameter's state (``_quantized.py``)
 _ROUNDING_KEYS = ("compensation", "rounding_key")
@@ -54,6 +54,7 @@ def adapt_alphaadam_state(saved: dict[str, Any], param: Tensor, saved_options: d
     quantize = options["state_bits"] == 8 and _quantized.quantize_tensor(
         param, name, options["min_8bit_size"], options["quantize_embeddings"])
     if _quantized.is_quantized(entry) and not quantize:
+        check_quantized_moments(name or "of the checkpoint", param, entry, _quantized.num_blocks(param.numel()))
         for key in ("exp_avg", "exp_avg_sq"):
             entry[key] = _quantized.dequantize_moment(entry, key).view(param.shape).to(dtype)
             del entry[f"{key}_codes"], entry[f"{key}_absmax"]

@@ -46,20 +46,11 @@ def check_step_inputs(params: list[Tensor], grads: list[Tensor], exp_avgs: list[
                              "pass one entry per parameter")
     for index, param in enumerate(params):
         shape, device = param.shape, param.device  # read once: each read builds a new object
-        for tensor in (grads[index], exp_avgs[index], exp_avg_sqs[index]):
+        for key, tensor in (("grad", grads[index]), ("exp_avg", exp_avgs[index]), ("exp_avg_sq", exp_avg_sqs[index])):
             if not (isinstance(tensor, Tensor) and tensor.shape == shape and tensor.device == device
                     and tensor.is_floating_point()):
-                _raise_step_mismatch(index, params, grads, exp_avgs, exp_avg_sqs, name_of)
-
-
-def _raise_step_mismatch(index: int, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
-                         exp_avg_sqs: list[Tensor], name_of: Callable[[int], str] | None) -> None:
-    param = params[index]
-    name = name_of(index) if name_of is not None else f"tensor {index} of the step"
-    for key, tensor in (("grad", grads[index]), ("exp_avg", exp_avgs[index]), ("exp_avg_sq", exp_avg_sqs[index])):
-        if not (isinstance(tensor, Tensor) and tensor.shape == param.shape and tensor.device == param.device
-                and tensor.is_floating_point()):
-            raise ValueError(describe_mismatch(name, key, tensor, tuple(param.shape), param.device))
+                name = name_of(index) if name_of is not None else f"tensor {index} of the step"
+                raise ValueError(describe_mismatch(name, key, tensor, tuple(shape), device))
 
 
 def describe_mismatch(name: str, key: str, tensor: Any, expected_shape: tuple[int, ...], device: torch.device,
