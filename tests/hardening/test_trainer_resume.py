@@ -10,34 +10,18 @@ import torch
 
 os.environ.setdefault("WANDB_DISABLED", "true")
 
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments  # noqa: E402
+from transformers import Trainer, TrainingArguments  # noqa: E402
 
 import hf_alphaadam  # noqa: E402,F401  (registers optim="alphaadam", ...)
 from hf_alphaadam.trainer.optim_args import OptimArgsError  # noqa: E402
-
-
-class RandomTokens(torch.utils.data.Dataset):
-    def __init__(self, count: int = 32, length: int = 16) -> None:
-        self.tokens = torch.randint(0, 128, (count, length), generator=torch.Generator().manual_seed(0))
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.tokens[index], "labels": self.tokens[index]}
-
-
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                        num_attention_heads=4, num_key_value_heads=2))
+from _tiny_trainer import RandomTokens, tiny_llama  # noqa: E402
 
 
 def trainer(output_dir, max_steps: int, **overrides) -> Trainer:
     args = TrainingArguments(output_dir=str(output_dir), use_cpu=True, max_steps=max_steps, save_steps=2,
                              per_device_train_batch_size=4, report_to=[], disable_tqdm=True, seed=0,
                              dataloader_num_workers=0, logging_steps=1, **{"optim": "alphaadam", **overrides})
-    return Trainer(model=tiny_llama(), args=args, train_dataset=RandomTokens())
+    return Trainer(model=tiny_llama(layers=1), args=args, train_dataset=RandomTokens(32))
 
 
 @pytest.fixture(scope="module")

@@ -16,36 +16,19 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments  # noqa: E402
+from transformers import Trainer, TrainingArguments  # noqa: E402
 from transformers.integrations import TensorBoardCallback  # noqa: E402
 
 import hf_alphaadam  # noqa: E402
 from hf_alphaadam import AlphaAdam, AlphaMonitorCallback  # noqa: E402
 from hf_alphaadam.trainer.callback import find_statistics_optimizer  # noqa: E402
+from _tiny_trainer import RandomTokens, tiny_llama  # noqa: E402
 
 CALLBACK_LOGGER = "hf_alphaadam.trainer.callback"
 LOGGING_STEPS = 2
 MAX_STEPS = 6
 LOG_STEPS = [2, 4, 6]
 GROUPS = ("decay", "no_decay")
-
-
-class RandomTokens(torch.utils.data.Dataset):
-    def __init__(self, count: int = 64, length: int = 16, seed: int = 0) -> None:
-        generator = torch.Generator().manual_seed(seed)
-        self.tokens = torch.randint(0, 128, (count, length), generator=generator)
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.tokens[index], "labels": self.tokens[index]}
-
-
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2))
 
 
 def named_alphaadam(model: torch.nn.Module, **kwargs) -> AlphaAdam:
