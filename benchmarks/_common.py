@@ -248,3 +248,70 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     if len(values) < 2:
         return mean, 0.0
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+# ------------------------------------------------------------------ lr sweeps and paired seeds (shared by sweeps)
+
+#: two-sided 95 % quantiles of Student's t by degrees of freedom (seeds - 1); above 10, 2.23 (an upper bound)
+T_95 = {1: 12.71, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def t_interval(values: list[float]) -> dict[str, Any]:
+    """Mean, sample std and the half-width of the 95 % Student-t interval of the mean (``nan`` for one value)."""
+    mean, std = mean_std(values)
+    n = len(values)
+    half = T_95.get(n - 1, 2.23) * std / math.sqrt(n) if n > 1 else math.nan
+    return {"mean": mean, "std": std, "half_width_95": half, "n": n, "values": list(values)}
+
+
+def eval_steps(steps: int, points: int) -> list[int]:
+    """The steps at which the validation loss is measured: every ``1/points`` of training (always including
+    20 / 40 / 60 / 100 % when ``points`` is a multiple of 5), plus step 0."""
+    return sorted({0} | {max(1, round(steps * k / points)) for k in range(1, points + 1)})
+
+
+def at_fraction(curve: list[list[float]], steps: int, fraction: float) -> float:
+    """The validation loss of ``curve`` (``[[step, loss], ...]``) at ``round(fraction * steps)``."""
+    target = max(1, round(fraction * steps))
+    for step, value in curve:
+        if step == target:
+            return value
+    raise KeyError(f"no evaluation at step {target} ({fraction:.0%} of {steps}); evaluate there")
+
+
+def best_lrs(sweep: list[dict[str, Any]], key: str = "1.0") -> dict[str, float]:
+    """Each variant's lr with the lowest validation loss ``run["at_fraction"][key]`` (default: the final one)."""
+    best: dict[str, tuple[float, float]] = {}
+    for run in sweep:
+        final = run["at_fraction"][key]
+        if run["variant"] not in best or final < best[run["variant"]][1]:
+            best[run["variant"]] = (run["lr"], final)
+    return {variant: lr for variant, (lr, _) in best.items()}
+
+
+def tried_lrs(sweep: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """The lrs each variant was run at in the sweep."""
+    tried: dict[str, set[float]] = {}
+    for run in sweep:
+        tried.setdefault(run["variant"], set()).add(run["lr"])
+    return {variant: sorted(lrs) for variant, lrs in tried.items()}
+
+
+def edge_extensions(sweep: list[dict[str, Any]], factor: float) -> list[tuple[str, float]]:
+    """``(variant, lr)`` to run next: one grid step (``factor``) beyond the edge where a variant's best lr is the
+    largest or the smallest it was run at, so that the chosen lr ends up bracketed."""
+    tried, out = tried_lrs(sweep), []
+    for variant, lr in best_lrs(sweep).items():
+        if len(tried[variant]) < 2:
+            continue
+        if lr == tried[variant][-1]:
+            out.append((variant, float(f"{lr * factor:.6g}")))
+        elif lr == tried[variant][0]:
+            out.append((variant, float(f"{lr / factor:.6g}")))
+    return out
+
+
+def at_edge(sweep: list[dict[str, Any]]) -> list[str]:
+    """The variants whose best lr is the smallest or largest of two or more lrs tried (not bracketed)."""
+    tried = tried_lrs(sweep)
+    return [v for v, lr in best_lrs(sweep).items() if len(tried[v]) > 1 and lr in (tried[v][0], tried[v][-1])]

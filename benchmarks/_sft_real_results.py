@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import mean_std
+from benchmarks._common import T_95, mean_std
 
 OPTIMIZERS = {"adamw": ("adamw_torch", "AdamW"), "alphaadam": ("alphaadam", "AlphaAdam"),
               "cautious": ("cautious_adamw", "Cautious AdamW"), "adapm": ("adapm", "AdaPM")}
@@ -21,8 +21,6 @@ OPTIMIZERS = {"adamw": ("adamw_torch", "AdamW"), "alphaadam": ("alphaadam", "Alp
 IDENTICAL_NOTES = {"adapm": ": AdaPM's default name policy gives every LoRA tensor (lora_A / lora_B) the role "
                             "'other', i.e. full momentum and Adam's second moment"}
 SAME_LOSS = 1e-5  # held-out losses this close are float32 rounding apart (different kernels), not different runs
-# two-sided 95 % quantiles of Student's t by degrees of freedom (seeds - 1); above 10, 2.23 (an upper bound)
-T_95 = {1: 12.71, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of training, where the held-out loss is measured
 TENSOR_TYPES = (  # parameter-name pattern -> tensor type of the alpha picture, in the picture's order
     ("embed_tokens", "embed"), ("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("o_proj", "o"),

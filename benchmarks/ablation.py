@@ -72,8 +72,9 @@ import torch
 if __package__ in (None, ""):  # ``python benchmarks/ablation.py``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import (add_common_arguments, batches, char_data, decay_groups, lm_loss, machine_info,
-                                mean_std, result_path, tiny_llama, warmup_cosine, write_result)
+from benchmarks._common import (add_common_arguments, at_fraction, batches, best_lrs, char_data, decay_groups,  # noqa: F401
+                                edge_extensions, eval_steps, lm_loss, machine_info, mean_std, result_path,
+                                tiny_llama, tried_lrs, warmup_cosine, write_result)
 
 NAME = "ablation"
 LOG = logging.getLogger("benchmarks.ablation")
@@ -96,21 +97,6 @@ DATA_SEED_OFFSET = 1000  # training batches of seed s come from generator seed 1
 
 
 # ----------------------------------------------------------------------------------------------- one training run
-
-def eval_steps(steps: int, points: int) -> list[int]:
-    """The steps at which the validation loss is measured: every ``1/points`` of training (always including the
-    fractions of Table 3 when ``points`` is a multiple of 5), plus step 0."""
-    return sorted({0} | {max(1, round(steps * k / points)) for k in range(1, points + 1)})
-
-
-def at_fraction(curve: list[list[float]], steps: int, fraction: float) -> float:
-    """The validation loss of ``curve`` (``[[step, loss], ...]``) at ``round(fraction * steps)``."""
-    target = max(1, round(fraction * steps))
-    for step, value in curve:
-        if step == target:
-            return value
-    raise KeyError(f"no evaluation at step {target} ({fraction:.0%} of {steps}); evaluate there")
-
 
 def make_optimizer(variant: str, model, lr: float, settings: dict[str, Any]) -> torch.optim.Optimizer:
     groups = decay_groups(model, settings["weight_decay"])
@@ -212,38 +198,6 @@ def run_jobs(jobs: list[dict[str, Any]], pool, desc: str) -> list[dict[str, Any]
 def early_late(values: dict[str, float]) -> tuple[float, float]:
     """Table 3's two averages from the losses at 20 / 40 / 60 / 100 % (keys as strings, as in the JSON)."""
     return (sum(values[str(f)] for f in EARLY) / len(EARLY), sum(values[str(f)] for f in LATE) / len(LATE))
-
-
-def best_lrs(sweep: list[dict[str, Any]]) -> dict[str, float]:
-    """Each variant's lr with the lowest final (100 %) validation loss in the sweep."""
-    best: dict[str, tuple[float, float]] = {}
-    for run in sweep:
-        final = run["at_fraction"][str(FRACTIONS[-1])]
-        if run["variant"] not in best or final < best[run["variant"]][1]:
-            best[run["variant"]] = (run["lr"], final)
-    return {variant: lr for variant, (lr, _) in best.items()}
-
-
-def tried_lrs(sweep: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """The lrs each variant was run at in the sweep."""
-    tried: dict[str, set[float]] = {}
-    for run in sweep:
-        tried.setdefault(run["variant"], set()).add(run["lr"])
-    return {variant: sorted(lrs) for variant, lrs in tried.items()}
-
-
-def edge_extensions(sweep: list[dict[str, Any]], factor: float) -> list[tuple[str, float]]:
-    """``(variant, lr)`` to run next: one grid step (``factor``) beyond the edge where a variant's best lr is the
-    largest or the smallest it was run at, so that the chosen lr ends up bracketed."""
-    tried, out = tried_lrs(sweep), []
-    for variant, lr in best_lrs(sweep).items():
-        if len(tried[variant]) < 2:
-            continue
-        if lr == tried[variant][-1]:
-            out.append((variant, float(f"{lr * factor:.6g}")))
-        elif lr == tried[variant][0]:
-            out.append((variant, float(f"{lr / factor:.6g}")))
-    return out
 
 
 def table(runs: list[dict[str, Any]], reference: str = "adamw") -> dict[str, dict[str, Any]]:
