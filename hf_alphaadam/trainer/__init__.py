@@ -1,10 +1,10 @@
 """The Hugging Face Trainer side of the package: ``optim=`` registration and typed ``optim_args``.
 
-The optimizers of :data:`OPTIMIZERS` (``alphaadam``, ``cautious_adamw``, ``alphaadam_8bit``, ``adapm``,
-``adapm_mini``, ``adadiag``, ``adadiag_pp``) are registered with transformers lazily, as soon as transformers'
-training arguments are imported in a process that imported ``hf_alphaadam`` or started with the package's ``.pth``
-hook (:mod:`hf_alphaadam._autoregister`); see :mod:`.registry` for how, and :mod:`.optim_args` for the
-``optim_args`` schema. Importing this package does not import transformers.
+Every optimizer of the catalog (:data:`OPTIMIZERS`, from :mod:`hf_alphaadam.optim.catalog`, which lists the
+names, what each fixes and its ``optim_args``: ``OPTIMIZERS[name].help()``) is registered with transformers
+lazily, as soon as transformers' training arguments are imported in a process that imported ``hf_alphaadam`` or
+started with the package's ``.pth`` hook (:mod:`hf_alphaadam._autoregister`); see :mod:`.registry` for how, and
+:mod:`.optim_args` for the ``optim_args`` syntax. Importing this package does not import transformers.
 """
 
 from .optim_args import Option, OptimArgsError, parse_optim_args

@@ -1,8 +1,9 @@
-"""The registry of the package's optimizers and their registration with the Hugging Face Trainer.
+"""The registration of the package's optimizers with the Hugging Face Trainer.
 
-Each optimizer is one :class:`OptimizerSpec` entry in :data:`BUILTIN_OPTIMIZERS`: its ``optim=`` name, its class,
-the constructor arguments the name implies and the typed ``optim_args`` it accepts. Adding an optimizer means
-adding one entry (or calling :func:`add_optimizer` from outside the package).
+The optimizers are the entries of the catalog (:mod:`hf_alphaadam.optim.catalog`: :data:`OPTIMIZERS`, one
+:class:`OptimizerSpec` each with its ``optim=`` name, its class, the constructor arguments the name implies and the
+typed ``optim_args`` it accepts; imported here, so ``registry.OPTIMIZERS`` is the catalog's dict). Adding an
+optimizer means adding one catalog entry (or calling :func:`add_optimizer` from outside the package).
 
 :func:`register` (idempotent) makes every name a valid ``optim=`` value for ``TrainingArguments``,
 ``HfArgumentParser`` / ``TrlParser`` command lines and YAML files, and the Trainer. It runs by itself, lazily
@@ -46,163 +47,23 @@ from __future__ import annotations
 
 import enum
 import functools
-import importlib
 import logging
-import re
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..optim import AdaDiag, AdaPM, AlphaAdam
-from ..optim._masking import ALPHA_MODES, FIRST_STEP_MODES, MASK_MODES
+from ..optim.catalog import BUILTIN_OPTIMIZERS, OPTIMIZERS, OptimizerSpec
 from .distributed import check_distributed_setup, deepspeed_config, one_group_per_tensor
 from .extension_points import TransformersCompatibilityError, check_optimizer_names, check_transformers_compatibility
-from .optim_args import TRAINING_ARGUMENT_KEYS, Option, describe_options, parse_optim_args, split_optim_args
+from .optim_args import split_optim_args
 
 __all__ = ["BUILTIN_OPTIMIZERS", "OPTIMIZERS", "OptimizerSpec", "TransformersCompatibilityError", "add_optimizer",
            "check_transformers_compatibility", "optimizer_cls_and_kwargs", "register", "register_training_arguments"]
 
 logger = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The registry
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OptimizerSpec:
-    """Everything the Trainer plugin needs to offer one optimizer as ``optim=<name>``.
-
-    Args:
-        name: the ``optim`` value (lower case, e.g. ``"alphaadam"``).
-        optimizer_cls: the ``torch.optim.Optimizer`` subclass, or ``"module:ClassName"`` to import it on first use
-            (for optimizers with optional dependencies).
-        defaults: constructor arguments this name implies. Those not also in ``options`` are fixed by the name.
-        options: the ``optim_args`` keys the optimizer accepts (see :class:`~.optim_args.Option`).
-        adam_hyperparameters: pass ``betas=(adam_beta1, adam_beta2)`` and ``eps=adam_epsilon`` from the
-            ``TrainingArguments`` (``lr`` and ``weight_decay`` are always passed).
-        description: one line for documentation.
-    """
-
-    name: str
-    optimizer_cls: type[torch.optim.Optimizer] | str
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    options: Mapping[str, Option] = field(default_factory=dict)
-    adam_hyperparameters: bool = True
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
-            raise ValueError(f"optimizer name {self.name!r} must be lower case letters, digits and underscores")
-        for key in [*self.defaults, *self.options]:
-            if key in TRAINING_ARGUMENT_KEYS:
-                raise ValueError(f"{self.name}: {key!r} comes from the TrainingArguments field "
-                                 f"{TRAINING_ARGUMENT_KEYS[key]} and cannot be a default or an optim_args option")
-        object.__setattr__(self, "defaults", dict(self.defaults))
-        object.__setattr__(self, "options", dict(self.options))
-
-    def resolve_class(self) -> type[torch.optim.Optimizer]:
-        """The optimizer class (imported now if it was given as ``"module:ClassName"``)."""
-        if not isinstance(self.optimizer_cls, str):
-            return self.optimizer_cls
-        module_name, _, class_name = self.optimizer_cls.partition(":")
-        return getattr(importlib.import_module(module_name), class_name)
-
-    def parse_optim_args(self, text: str | None) -> dict[str, Any]:
-        """``optim_args`` parsed against :attr:`options` (an OptimArgsError, a ValueError, if it does not fit)."""
-        return parse_optim_args(text, self.options, optimizer=self.name, fixed=self.defaults,
-                                defaults=self.defaults)
-
-    def help(self) -> str:
-        """The accepted ``optim_args`` keys, in words."""
-        return describe_options(self.options, self.defaults)
-
-
-ALPHAADAM_OPTIONS: dict[str, Option] = {
-    "mask": Option(str, choices=MASK_MODES, help="sign-agreement mask: AlphaAdam's async, Cautious' sync, none"),
-    "alpha": Option(str, choices=ALPHA_MODES, help="step scale: norm-restoring, Cautious' count, none"),
-    "alpha_max": Option(float, min=1.0, none=True, help="upper clamp of alpha (none: no clamp)"),
-    "first_step": Option(str, choices=FIRST_STEP_MODES, help="unmasked (full) or masked first step"),
-    "state_dtype": Option(str, choices=("bf16", "fp32"), none=True, help="dtype of the moments (none: automatic)"),
-    "foreach": Option(bool, none=True, help="multi-tensor path (none: automatic)"),
-    "fused": Option(bool, none=True, help="two-pass step: native C kernel (fp32 CPU) or torch.compile'd kernels "
-                                           "(none: automatic; false: foreach)"),
-    "bf16_update": Option(str, choices=("plain", "kahan", "stochastic"), help="how bf16 parameters are written"),
-    "adopt_changed_settings": Option(bool, help="on resume, continue with settings that differ from the "
-                                                "checkpoint's instead of raising (see README 'Checkpoints')"),
-}
-
-_STATE_OPTIONS: dict[str, Option] = {key: ALPHAADAM_OPTIONS[key] for key in ("state_dtype", "foreach",
-                                                                             "adopt_changed_settings")}
-_MASK_OPTIONS: dict[str, Option] = {key: ALPHAADAM_OPTIONS[key] for key in ("mask", "alpha", "alpha_max",
-                                                                              "first_step")}
-
-ADAPM_OPTIONS: dict[str, Option] = {
-    "rank": Option(int, min=1, help="rank of the low-rank momentum factors"),
-    "head_dim": Option(int, min=1, none=True, help="head size for per-head compact v of q/k (mini)"),
-    "refit_iters": Option(int, min=0, help="subspace-iteration steps refitting the factors each step"),
-    "residual": Option(str, choices=("full", "none", "clip"), help="how the low-rank fit's residual is used"),
-    "residual_clip": Option(float, min=0.0, help="residual norm cap relative to the low-rank part (clip)"),
-    "policy": Option(str, choices=("auto", "none", "full", "lowrank"), help="momentum per block"),
-    "none_modules": Option(re.Pattern, none=True, help="names that get no momentum"),
-    "full_modules": Option(re.Pattern, none=True, help="names that get full momentum"),
-    "lowrank_modules": Option(re.Pattern, none=True, help="names that get low-rank momentum"),
-    "lm_head": Option(str, choices=("none", "full", "lowrank"), help="momentum of an untied lm_head"),
-    "other": Option(str, choices=("full", "none", "lowrank"), help="momentum of unrecognised matrices"),
-    "dense_fallback": Option(bool, help="full momentum where the factors would not save memory"),
-    "seed": Option(int, min=0, help="seed of the initial factors"),
-    "tensor_threads": Option(int, min=1, none=True,
-                             help="CPU worker threads for the low-rank tensors (none: torch's thread count)"),
-    **_MASK_OPTIONS,
-    **_STATE_OPTIONS,
-}
-
-ADADIAG_OPTIONS: dict[str, Option] = {
-    "update_freq": Option(int, min=1, help="refresh the SVD bases every this many steps"),
-    "side": Option(str, choices=("auto", "left", "right"), help="one-sided rotation side (auto: smaller)"),
-    "moment_space": Option(str, choices=("rotated", "original"), help="where the moments live"),
-    "second_moment": Option(str, choices=("adam", "adafactor"), help="dense or factored second moment"),
-    "reproject": Option(bool, help="carry the moments into a new basis at a refresh"),
-    "align_signs": Option(bool, help="flip new singular vectors to agree with the old ones"),
-    "max_dim": Option(int, min=1, none=True, help="sides longer than this are not rotated"),
-    **_MASK_OPTIONS,
-    **_STATE_OPTIONS,
-}
-
-BUILTIN_OPTIMIZERS: tuple[OptimizerSpec, ...] = (
-    OptimizerSpec(
-        "alphaadam", AlphaAdam, defaults={"mask": "async", "alpha": "norm"}, options=ALPHAADAM_OPTIONS,
-        description="AlphaAdam: asynchronous sign-agreement mask, norm-restoring alpha (arXiv 2501.18094)"),
-    OptimizerSpec(
-        "cautious_adamw", AlphaAdam, defaults={"mask": "sync", "alpha": "count"},
-        options={key: option for key, option in ALPHAADAM_OPTIONS.items() if key not in ("mask", "alpha")},
-        description="Cautious AdamW (the paper's CAdamW baseline): AlphaAdam with mask=sync, alpha=count"),
-    OptimizerSpec(
-        "alphaadam_8bit", AlphaAdam, defaults={"mask": "async", "alpha": "norm", "state_bits": 8},
-        options={**ALPHAADAM_OPTIONS, "min_8bit_size": Option(int, min=0, help="smaller tensors keep 32-bit moments"),
-                 "quantize_embeddings": Option(bool, help="also quantize the moments of embeddings")},
-        description="AlphaAdam with 8-bit blockwise-quantized moments (bitsandbytes)"),
-    OptimizerSpec(
-        "adapm", AdaPM, defaults={"second_moment": "adam"}, options=ADAPM_OPTIONS,
-        description="AdaPM-style partial momentum: none / low-rank / full momentum per block (arXiv 2510.09103)"),
-    OptimizerSpec(
-        "adapm_mini", AdaPM, defaults={"second_moment": "mini"}, options=ADAPM_OPTIONS,
-        description="AdaPM-style partial momentum with an Adam-mini-style compact second moment"),
-    OptimizerSpec(
-        "adadiag", AdaDiag, defaults={"two_sided": False}, options=ADADIAG_OPTIONS,
-        description="AdaDiag: Adam in a one-sided SVD-rotated basis (arXiv 2502.07488)"),
-    OptimizerSpec(
-        "adadiag_pp", AdaDiag, defaults={"two_sided": True}, options=ADADIAG_OPTIONS,
-        description="AdaDiag++: Adam in a two-sided SVD-rotated basis (arXiv 2502.07488)"),
-)
-
-# optim name -> spec: the optimizers register() makes known to transformers.
-OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in BUILTIN_OPTIMIZERS}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -233,6 +94,7 @@ def optimizer_cls_and_kwargs(args: Any, model: nn.Module | None = None, *,
     if spec.adam_hyperparameters:
         kwargs.update(betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
     kwargs.update(spec.defaults)
+    kwargs.update(spec.option_defaults())  # every optim_args key explicit: the log line shows the whole setting
     kwargs.update(spec.parse_optim_args(args.optim_args))
     param_names = None if model is None else {id(param): key for key, param in model.named_parameters()}
     per_tensor = deepspeed_config(args) is not None
