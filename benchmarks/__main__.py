@@ -24,7 +24,7 @@ if str(REPO_ROOT) not in sys.path:
 
 # the suite, in the order of benchmarks/README.md
 BENCHMARKS = ("step_time", "memory", "ablation", "glue", "callback_overhead", "toy", "adapm_convergence",
-              "adadiag", "eight_bit", "sft_real")
+              "adapm_ablation", "adadiag", "eight_bit", "sft_real")
 
 
 def load(name: str):
