@@ -219,19 +219,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fresh = list(range(1, 1 + args.seeds))
     # seed 0's run at the chosen lr counts as a seed too (see the module docstring for its small bias)
     runs = [r for r in sweep if r["lr"] == chosen[r["variant"]]]
-    runs += run_jobs([job(v, chosen[v], s, "final") for s in fresh for v in args.variants], "ablation seeds")
-    seeds = [0] + fresh
-    rows = variant_rows(runs)
-    front = pareto_front({k: (r["momentum_bytes"], r["final_loss"]) for k, r in rows.items()})
-    choice = {"corpus": CORPUS, "lrs": args.lrs, "adamw_lr": args.adamw_lr, "seeds": seeds, "fresh_seeds": fresh,
-              "variants": args.variants, "lr_source": None if args.quick else str(args.tuned)}
-    result = {"quick": args.quick, "machine": machine, "settings": settings | choice,
-              "uptime": {"start": load_start, "end": uptime()}, "model_parameters": model_parameters(settings, CORPUS),
-              "options": {v: VARIANTS[v][2] for v in args.variants}, "chosen_lr": chosen, "rows": rows,
-              "pareto_front": front, "recommendation": recommend(rows), "sweep": sweep, "runs": runs,
-              "seconds": round(time.perf_counter() - started, 1)}
-    path = write_result(result, args.output_dir, NAME, args.quick)
-    plot(result, result_path(args.output_dir, NAME, args.quick, ".png"))
+    done = [0]
+
+    def write(complete: bool) -> tuple[dict[str, Any], Path]:
+        """The result of the seeds run so far (written after each seed, so that a stopped run leaves its part)."""
+        rows = variant_rows(runs)
+        choice = {"corpus": CORPUS, "lrs": args.lrs, "adamw_lr": args.adamw_lr, "seeds": list(done),
+                  "fresh_seeds": fresh, "variants": args.variants, "lr_source": None if args.quick else str(args.tuned)}
+        result = {"quick": args.quick, "complete": complete, "machine": machine, "settings": settings | choice,
+                  "uptime": {"start": load_start, "end": uptime()},
+                  "model_parameters": model_parameters(settings, CORPUS),
+                  "options": {v: VARIANTS[v][2] for v in args.variants}, "chosen_lr": chosen, "rows": rows,
+                  "pareto_front": pareto_front({k: (r["momentum_bytes"], r["final_loss"]) for k, r in rows.items()}),
+                  "recommendation": recommend(rows), "sweep": sweep, "runs": runs,
+                  "seconds": round(time.perf_counter() - started, 1)}
+        path = write_result(result, args.output_dir, NAME, args.quick)
+        plot(result, result_path(args.output_dir, NAME, args.quick, ".png"))
+        return result, path
+
+    result, path = write(complete=not fresh)
+    for seed in fresh:
+        runs += run_jobs([job(v, chosen[v], seed, "final") for v in args.variants], f"ablation seed {seed}")
+        done.append(seed)
+        result, path = write(complete=seed == fresh[-1])
     for row in summary(result):
         LOG.info("%s: %s -> %s", row["claim"], row["measured"], row["verdict"])
     LOG.info("wrote %s and .png (%.0f s)", path, result["seconds"])
@@ -253,6 +263,8 @@ def summary(result: dict[str, Any]) -> list[dict[str, str]]:
              f"steps, seeds {result['settings']['seeds']}")
     if result.get("quick"):
         scale += " (quick run: numbers mean little)"
+    if result.get("complete") is False:
+        scale += f" (stopped early: {result['settings']['fresh_seeds']} fresh seeds planned)"
     final = str(FRACTIONS[-1])
     for name, row in rows.items():
         if name == "adamw":

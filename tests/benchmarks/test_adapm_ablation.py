@@ -95,7 +95,7 @@ def test_quick_run_writes_its_json(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ALPHAADAM_DATA", str(REPO_ROOT / "data"))
     adapm_ablation.main(["--quick", "--output-dir", str(tmp_path), "--steps", "5"])
     stored = json.loads((tmp_path / "adapm_ablation_quick.json").read_text())
-    assert (tmp_path / "adapm_ablation_quick.png").is_file() and stored["quick"] is True
+    assert (tmp_path / "adapm_ablation_quick.png").is_file() and stored["quick"] is True and stored["complete"]
     assert set(stored["rows"]) == set(adapm_ablation.QUICK_VARIANTS)
     assert stored["rows"]["rank4"]["momentum_bytes"] < stored["rows"]["default"]["momentum_bytes"]
     assert stored["rows"]["default"]["seeds"] == [0, 1]
