@@ -1,22 +1,38 @@
-"""What every optimizer of the package shares: argument checks, dtype-keeping state loading, and the
-per-tensor alpha / mask-ratio statistics that the monitoring callback reads.
+"""The shell every optimizer of the package shares; each optimizer adds only its math.
 
-Statistics are kept as device tensors, written by ``step()`` without a host sync; :meth:`statistics` is where
-they are read (and where the sync happens), so a caller decides how often to pay for it.
+:class:`MaskedAdamBase` does, once for AlphaAdam, AdaPM and AdaDiag:
+
+- construction and group checks (``_validate_group``, the subclass's option checks), ``add_param_group``,
+  ``__setstate__``, the dtype-keeping, validated ``load_state_dict`` and the writer-recording ``state_dict``;
+- the **per-tensor plans** (``_plans.py``): built once per param group and cached, rebuilt when the group's tensors
+  change (e.g. Accelerate swapping parameters for DTensors), read by ``step()``;
+- the step around the math: gradients gathered, state created on first use (then checked before any write), the
+  8-bit moments and the bf16-update masters (``_precision.py``), and the statistics recorded per plan;
+- the sharding hooks: whole-tensor element counts and the reducer of per-tensor sums (``_sharding.py``).
+
+A subclass implements ``_validate_group``, ``_plan_detail`` (what its math needs to know per tensor),
+``_init_state`` / ``_check_state`` (its state), ``_update`` (the step over a list of :class:`~._plans.Slot`) and
+``_expected_state`` (what a load checks).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.optimizer import _get_scalar_dtype
 
+from . import _precision
+from ._masking import validate_mask_options
+from ._plans import Slot, TensorPlan, build_plans, plans_current
 from ._resume import prepare_load, record_writer
-from ._sharding import local
-from ._state import restore_saved_dtypes
+from ._sharding import SumsReducer, dtensor_sums_reducer, partition_sums_reducer
+from ._state import resolve_state_dtype, restore_saved_dtypes, state_dtype_for
+from ._statistics import StatisticsMixin
 from ._validation import Expected
 
 
@@ -69,125 +85,118 @@ def check_dense_grad(optimizer: Optimizer, grad: Tensor) -> None:
                          "or torch.optim.SparseAdam for that parameter")
 
 
-def _finite(tensor: Tensor) -> Tensor:
-    """1.0 if ``tensor`` holds no NaN / Inf (its largest magnitude is finite), else 0.0; an empty shard is finite."""
-    if tensor.numel() == 0:
-        return torch.ones((), device=tensor.device)
-    return torch.isfinite(torch.linalg.vector_norm(tensor.detach(), math.inf)).float()
+def dtype_name(state_dtype: torch.dtype | str | None) -> str | None:
+    """Param groups store the state dtype by name so that ``state_dict()`` holds only plain values."""
+    resolved = resolve_state_dtype(state_dtype)
+    return None if resolved is None else str(resolved).removeprefix("torch.")
 
 
-def _nan_min(values: list[float]) -> float:
-    """``min`` that is NaN when any value is (Python's ``min`` skips a NaN depending on where it stands)."""
-    return math.nan if any(math.isnan(v) for v in values) else min(values)
-
-
-class StatisticsMixin:
-    """Per-tensor alpha and mask-ratio statistics plus dtype-keeping ``load_state_dict``.
-
-    ``step()`` calls :meth:`_record_statistics` once per (group, device, dtype) bucket with the positions of the
-    stepped parameters within the group and two ``[n]`` tensors. Nothing is read until :meth:`statistics`.
-    """
-
-    param_groups: list[dict[str, Any]]
-
-    def _init_statistics(self) -> None:
-        # id(param group) -> (the group, [(positions in the group, alpha [n], mask ratio [n])]) of its last step.
-        # Keyed by the group itself, not its index: DeepSpeed ZeRO-1/2 steps each group alone, swapping
-        # ``param_groups`` for a one-group list during ``step()``.
-        self._statistics: dict[int, tuple[dict[str, Any], list[tuple[list[int], Tensor, Tensor, list[Tensor]]]]] = {}
-
-    def _begin_statistics(self, group: dict[str, Any]) -> None:
-        self._statistics[id(group)] = (group, [])
-
-    def _record_statistics(self, group: dict[str, Any], positions: list[int], alpha: Tensor,
-                           mask_ratio: Tensor) -> None:
-        """Keep one bucket's statistics with its stepped tensors (read for NaN / Inf, and left out where they have
-        no elements, only by :meth:`statistics`: this runs every step, that only when someone reads)."""
-        tensors = [group["params"][p] for p in positions]
-        self._statistics.setdefault(id(group), (group, []))[1].append(
-            (positions, alpha.detach().reshape(-1), mask_ratio.detach().reshape(-1), tensors))
-
-    @staticmethod
-    def group_name(group: dict[str, Any], group_index: int) -> str:
-        """The group's ``name`` entry if it has one, else ``group{index}``."""
-        name = group.get("name")
-        return str(name) if name is not None else f"group{group_index}"
-
-    @classmethod
-    def tensor_name(cls, group: dict[str, Any], group_index: int, position: int) -> str:
-        """The parameter's entry in the group's ``param_names`` if present, else ``<group name>.<position>``."""
-        names = group.get("param_names")
-        if names is not None and position < len(names):
-            return str(names[position])
-        return f"{cls.group_name(group, group_index)}.{position}"
-
-    def statistics(self, per_tensor: bool = False) -> dict[str, dict[str, Any]]:
-        """Read the alpha / mask-ratio statistics of the last step (this is where the device sync happens).
-
-        Returns ``{"groups": {name: {"alpha_mean", "alpha_min", "alpha_max", "mask_ratio", "num_tensors",
-        "nonfinite_tensors"}}, "tensors": {name: {"alpha", "mask_ratio"}}}``; ``"tensors"`` is filled
-        only with ``per_tensor=True``. Param groups that share a ``name`` are reported together (the Trainer plugin
-        splits "decay" into one group per tensor under DeepSpeed). Each group reports its last step; a group that
-        has not stepped yet is left out. ``mask_ratio`` of a group is the mean over its tensors of
-        ``sum(phi) / numel``. ``nonfinite_tensors`` counts the stepped tensors holding NaN / Inf after the step
-        (a non-finite update leaves them so; under FSDP2 each process counts its own shards).
-
-        NaN and Inf are reported as they are: a NaN alpha of one tensor makes its group's mean, min and max NaN.
-        Tensors with no elements have no mask ratio and are left out of every value.
-        """
-        names, tensor_names, alphas, ratios, finite = [], [], [], [], []
-        for group_index, group in enumerate(self.param_groups):
-            recorded = self._statistics.get(id(group))
-            if recorded is None or recorded[0] is not group:
-                continue
-            whole = group.get("whole_numel")  # a ZeRO partition's whole tensor
-            for positions, alpha, ratio, tensors in recorded[1]:
-                keep = [k for k, t in enumerate(tensors) if (int(whole) if whole is not None else t.numel()) > 0]
-                if len(keep) != len(positions):  # tensors with no elements have no mask ratio
-                    index = torch.tensor(keep, dtype=torch.long, device=alpha.device)
-                    alpha, ratio = alpha[index], ratio[index.to(ratio.device)]
-                    positions, tensors = [positions[k] for k in keep], [tensors[k] for k in keep]
-                if not positions:
-                    continue
-                names += [self.group_name(group, group_index)] * len(positions)
-                if per_tensor:
-                    tensor_names += [self.tensor_name(group, group_index, p) for p in positions]
-                alphas.append(alpha.float())
-                ratios.append(ratio.float())
-                finite.append(torch.stack([_finite(local(t)).to(alpha.device) for t in tensors]))
-        if not alphas:
-            return {"groups": {}, "tensors": {}}
-        device = alphas[0].device
-        # one transfer for everything: [3, n] on the host
-        values = torch.stack([torch.cat([a.to(device) for a in alphas]), torch.cat([r.to(device) for r in ratios]),
-                              torch.cat([f.to(device) for f in finite])])
-        alpha_list, ratio_list, finite_list = values.cpu().tolist()
-        by_name: dict[str, list[int]] = {}
-        for index, name in enumerate(names):
-            by_name.setdefault(name, []).append(index)
-        groups = {}
-        for name, indices in by_name.items():
-            group_alphas = [alpha_list[i] for i in indices]
-            groups[name] = {
-                "alpha_mean": sum(group_alphas) / len(indices),
-                "alpha_min": _nan_min(group_alphas),
-                "alpha_max": -_nan_min([-a for a in group_alphas]),
-                "mask_ratio": sum(ratio_list[i] for i in indices) / len(indices),
-                "num_tensors": len(indices),
-                "nonfinite_tensors": sum(1 for i in indices if not finite_list[i]),
-            }
-        tensors = {name: {"alpha": a, "mask_ratio": r} for name, a, r in zip(tensor_names, alpha_list, ratio_list)}
-        return {"groups": groups, "tensors": tensors}
+class MaskedAdamBase(StatisticsMixin, Optimizer):
+    """The common shell (see the module docstring). Not used directly."""
 
     # options whose change on resume is refused even with adopt_changed_settings (the state's shapes follow them)
     LAYOUT_OPTIONS: tuple[str, ...] = ()
-    # set by the constructor: continue with changed settings on resume instead of raising (see ``_resume.py``)
-    adopt_changed_settings: bool = False
-    defaults: dict[str, Any]
+    # what an empty parameter list is told to pass instead
+    EMPTY_HINT = "pass at least one parameter"
 
-    def state_dict(self) -> dict[str, Any]:
-        """``Optimizer.state_dict`` plus, in each param group, the name of the optimizer class that wrote it."""
-        return record_writer(self, super().state_dict())  # type: ignore[misc]
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], *, partition_group: Any = None,
+                 adopt_changed_settings: bool = False) -> None:
+        if isinstance(params, Tensor):
+            raise TypeError("params must be an iterable of tensors, (name, tensor) pairs or dicts, got a Tensor")
+        params = list(params)
+        if len(params) == 0:
+            raise ValueError(f"{type(self).__name__} got an empty parameter list: {self.EMPTY_HINT}")
+        if "state_dtype" in defaults:
+            defaults["state_dtype"] = dtype_name(defaults["state_dtype"])
+        self._validate_group(defaults)
+        if not isinstance(adopt_changed_settings, bool):
+            raise ValueError(f"adopt_changed_settings must be True or False, got {adopt_changed_settings!r}")
+        self.adopt_changed_settings = adopt_changed_settings
+        # id(group) -> (the plan-shaping options they were built with, the group's plans)
+        self._plan_cache: dict[int, tuple[tuple, list[TensorPlan]]] = {}
+        self._constructing = True
+        super().__init__(params, defaults)
+        self._constructing = False
+        self.partition_group = partition_group
+        check_param_groups(self)
+        self._init_statistics()
+
+    # ---------------------------------------------------------------------------------------------- groups
+
+    @staticmethod
+    def _validate_group(group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if "state_dtype" in param_group:
+            param_group["state_dtype"] = dtype_name(param_group["state_dtype"])
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        self._validate_group(group)
+        if hasattr(self, "_plan_cache"):  # the plans record each tensor's whole shape as built
+            self._plan_cache[id(group)] = (self._plan_options(group),
+                                           build_plans(self, group, len(self.param_groups) - 1, None))
+        self._group_added(group)
+
+    def _group_added(self, group: dict[str, Any]) -> None:
+        """Hook: a group was added (after its checks and plans)."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+        if not hasattr(self, "_statistics"):
+            self._init_statistics()
+        for attribute, value in (("partition_group", None), ("_plan_cache", {})):
+            if not hasattr(self, attribute):
+                setattr(self, attribute, value)
+
+    # ---------------------------------------------------------------------------------------------- plans
+
+    def _plan_detail(self, group: dict[str, Any], group_index: int, position: int, name: str,
+                     shape: tuple[int, ...]) -> Any:
+        """What the optimizer's math needs to know of one tensor, from its whole shape and name (default none)."""
+        return None
+
+    def _check_plan(self, group: dict[str, Any], plan: TensorPlan, param: Tensor) -> None:
+        """Hook: refuse a tensor whose layout the optimizer's math cannot take (whenever plans are built)."""
+
+    def _layout_change_message(self, plans: list[TensorPlan], shapes: list[tuple[int, ...]]) -> str:
+        """The error for a group whose tensors (built as ``plans``) were replaced by tensors of other ``shapes``."""
+        return (f"a param group that held tensors of shapes {[plan.shape for plan in plans]} now holds tensors of "
+                f"shapes {shapes}: a flat partition (DeepSpeed ZeRO) mixes tensors, so per-tensor alpha, mask ratios "
+                "and policies would be wrong. Use the Trainer plugin (optim='alphaadam', ...), which gives DeepSpeed "
+                "one param group per tensor, or build such groups yourself with a 'whole_numel' entry")
+
+    def _check_step(self, group: dict[str, Any], plan: TensorPlan, param: Tensor) -> None:
+        """Hook: refuse, at the step, a tensor the optimizer's math cannot take (e.g. a sharded rotated matrix)."""
+
+    def plans_of(self, group_index: int) -> list[TensorPlan]:
+        """The per-tensor plans of param group ``group_index``."""
+        return self._plans(self.param_groups[group_index], group_index)
+
+    def _plan_options(self, group: dict[str, Any]) -> tuple:
+        """The group's values of the options plans depend on (a change rebuilds the plans' details)."""
+        return tuple(group.get(key) for key in (*self.LAYOUT_OPTIONS, *_precision.PLAN_OPTIONS))
+
+    def _plans(self, group: dict[str, Any], group_index: int) -> list[TensorPlan]:
+        options, plans = self._plan_cache.get(id(group), (None, None))
+        current = self._plan_options(group)
+        if plans is None or options != current or not plans_current(plans, group):
+            plans = build_plans(self, group, group_index, plans, rebuild_details=options != current)
+            self._plan_cache[id(group)] = (current, plans)
+        return plans
+
+    # ---------------------------------------------------------------------------------------------- state
+
+    def _init_state(self, group: dict[str, Any], plan: TensorPlan, param: Tensor, state: dict[str, Any],
+                    dtype: torch.dtype) -> None:
+        """Create the state of a tensor's first step (moments in ``dtype``; ``step`` is created by the shell)."""
+        raise NotImplementedError
+
+    def _check_state(self, group: dict[str, Any], plan: TensorPlan, param: Tensor, state: dict[str, Any]) -> None:
+        """Check an existing state before any write (a ValueError naming the tensor and the mismatch)."""
 
     def _expected_state(self, options: dict[str, Any], group_index: int, position: int, param: Tensor,
                         saved: dict[str, Any]) -> tuple[dict[str, Expected], str]:
@@ -197,22 +206,105 @@ class StatisticsMixin:
 
     def _adapt_loaded_state(self, saved: dict[str, Any], param: Tensor, saved_options: dict[str, Any],
                             options: dict[str, Any], group_index: int, position: int) -> dict[str, Any]:
-        """The state entry to load when the settings change from ``saved_options`` to ``options`` (default: as
-        saved)."""
-        return saved
+        """The state entry to load when the settings change from ``saved_options`` to ``options``: 8-bit moments
+        converted where ``state_bits`` changed, cast where ``state_dtype`` changed, the Kahan buffer dropped."""
+        plan = self.plans_of(group_index)[position]
+        return _precision.adapt_loaded_state(saved, param, saved_options, options, plan.name)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``Optimizer.state_dict`` plus, in each param group, the name of the optimizer class that wrote it."""
+        return record_writer(self, super().state_dict())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """``Optimizer.load_state_dict`` that first validates the whole incoming state and the settings it was
         written with (``_resume.prepare_load``: a refused load changes nothing), then keeps each saved state
         tensor's dtype (torch casts them to the parameter's dtype, which would round fp32 moments of a bf16
-        parameter to bf16)."""
+        parameter to bf16). The plans (and the whole shapes they record) carry over to the loaded groups."""
         state_dict = prepare_load(self, state_dict)
-        # torch replaces the group dicts: carry per-group records kept by id(group) (layouts) over to the new ones
-        layouts = getattr(self, "_layouts", None)
-        previous = [layouts.get(id(group)) for group in self.param_groups] if layouts is not None else None
-        super().load_state_dict(state_dict)  # type: ignore[misc]
-        restore_saved_dtypes(self, state_dict)  # type: ignore[arg-type]
-        if previous is not None:
-            self._layouts = {id(group): layout for group, layout in zip(self.param_groups, previous)
-                             if layout is not None}
+        previous = [self._plan_cache.get(id(group), (None, None))[1] for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        restore_saved_dtypes(self, state_dict)
+        self._plan_cache = {}
+        for group_index, (group, plans) in enumerate(zip(self.param_groups, previous)):
+            self._plan_cache[id(group)] = (self._plan_options(group),
+                                           build_plans(self, group, group_index, plans, rebuild_details=True))
         self._init_statistics()
+
+    # ---------------------------------------------------------------------------------------------- step
+
+    def _update(self, group: dict[str, Any], group_index: int, slots: list[Slot]
+                ) -> list[tuple[list[int], Tensor, Tensor]]:
+        """The optimizer's math over ``slots`` (fp32 moments; bf16 parameters replaced by fp32 masters where the
+        group's ``bf16_update`` asks for it). Returns ``(indices into slots, alpha [k], mask ratio [k])``."""
+        raise NotImplementedError
+
+    def _gather(self, group: dict[str, Any], group_index: int) -> list[Slot]:
+        """The group's tensors that have a gradient, their state created on first use or checked before any
+        write."""
+        slots = []
+        state_dtype = resolve_state_dtype(group["state_dtype"])
+        for plan in self._plans(group, group_index):
+            param = group["params"][plan.position]
+            if param.grad is None:
+                continue
+            check_dense_grad(self, param.grad)
+            _precision.check_plan(group, plan)
+            self._check_step(group, plan, param)
+            state = self.state[param]
+            if len(state) == 0:  # lazy: parameters may have been re-wrapped (FSDP2, DeepSpeed) after __init__
+                state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+                self._init_state(group, plan, param, state, state_dtype_for(param, state_dtype))
+                if plan.eight_bit:
+                    _precision.quantize_new_state(state, param)
+            else:
+                if _precision.is_quantized(state):
+                    _precision.check_quantized_state(plan.name, param, state)
+                self._check_state(group, plan, param, state)
+            _precision.prepare_rounding_state(group, group_index, plan, param, state)
+            slots.append(Slot(plan, param, param.grad, state))
+        return slots
+
+    def _sharding(self, group: dict[str, Any], params: list[Tensor]) -> tuple[list[int] | None, SumsReducer | None]:
+        """Whole-tensor element counts and a reducer of local per-tensor sums for ``params`` (tensors of
+        ``group`` with a gradient, in the order the math passes them).
+
+        - A group with ``whole_numel`` holds one parameter that DeepSpeed ZeRO replaces by a flat partition: sums
+          are added over ``partition_group``. A rank whose partition has no gradient still joins the collective
+          (with zeros), so every rank issues the same collectives.
+        - DTensor parameters (FSDP2): sums are added over each parameter's shard groups.
+        """
+        if "whole_numel" in group:
+            reduce_sums = partition_sums_reducer(int(group["whole_numel"]), self.partition_group)
+            if group["params"] and not params:  # no gradient here: still take part in the reduction
+                reduce_sums(torch.zeros(1, 3, device=group["params"][0].device), [0])
+            return [int(group["whole_numel"])] * len(params), reduce_sums
+        return dtensor_sums_reducer(params)
+
+    def _joins_collectives(self, group: dict[str, Any], slots: list[Slot]) -> bool:
+        """Whether the group's math issues per-tensor collectives for a flat partition even without a gradient
+        here (default: yes for a ``whole_numel`` group)."""
+        return "whole_numel" in group
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Perform one optimization step (see the class docstring for the update rule)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group_index, group in enumerate(self.param_groups):
+            # a group's options may have been edited since construction: an unknown mode must not reach a kernel
+            validate_mask_options(group["mask"], group["alpha"], group["alpha_max"], group["first_step"])
+            slots = self._gather(group, group_index)
+            if not slots:
+                if group["params"] and self._joins_collectives(group, slots):
+                    self._sharding(group, [])
+                continue  # statistics keep this group's last step (ZeRO-3 steps one group per call)
+            self._begin_statistics(group)
+            for call in _precision.calls(slots):
+                with _precision.fp32_view(self, group, call) as view:
+                    buckets = self._update(group, group_index, view)
+                for indices, alpha_values, mask_ratio in buckets:
+                    self._record_statistics(group, [call[k].plan.position for k in indices], alpha_values,
+                                            mask_ratio)
+        return loss

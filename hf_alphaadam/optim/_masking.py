@@ -1,7 +1,10 @@
-"""The sign-agreement mask and the alpha (step-norm compensation) rules.
+"""The per-tensor step rules of the masked-Adam family: the sign-agreement mask, alpha, and what an empty mask means.
 
-Shared by every optimizer of the package that offers ``mask=`` / ``alpha=`` options, so that AlphaAdam,
-Cautious AdamW and the masked variants of AdaPM / AdaDiag all use one implementation.
+Every Python path of every optimizer (AlphaAdam's reference, foreach and compiled paths, AdaPM's and AdaDiag's
+paths) takes these rules from here: :func:`unmasked_step` (when the mask is 1 everywhere) and :func:`step_scale`
+(alpha, the reported alpha, the mask ratio and whether the tensor moves, from the three sums). The native C
+kernel (``_native/alphaadam_cpu.c``, ``rule_of``) is the one other place that states them; a test feeds both the
+same sums (``tests/optim/test_step_rules.py``).
 
 Notation (per parameter tensor, element-wise unless noted)::
 
@@ -25,7 +28,7 @@ local sums of all shards before alpha is formed (see ``_sharding.py``).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -33,6 +36,32 @@ from torch import Tensor
 MASK_MODES = ("async", "sync", "none")
 ALPHA_MODES = ("norm", "count", "none")
 FIRST_STEP_MODES = ("full", "masked")
+
+
+def unmasked_step(mask: str, first_step: str, step: float) -> bool:
+    """Whether ``phi = 1`` everywhere at this step: no mask, or the tensor's first step under
+    ``first_step="full"`` (``m_0 = 0`` would make the asynchronous mask empty)."""
+    return mask == "none" or (first_step == "full" and step == 1)
+
+
+class StepScale(NamedTuple):
+    """What the three sums decide for each of ``n`` tensors (all ``[n]``, in the sums' dtype)."""
+
+    alpha: Tensor  # the scale of the masked step
+    reported: Tensor  # the alpha the statistics report (:func:`reported_alpha`)
+    mask_ratio: Tensor  # sum(phi) / numel
+    moved: Tensor  # 1 where the mask is not empty, 0 where it is: such a tensor is not moved, weight decay included
+
+
+def step_scale(sums: Tensor, numel: Tensor, alpha: str, alpha_max: float | None) -> StepScale:
+    """The step rules from stacked sums ``[n, 3]`` (global: already reduced over shards) and the whole tensors'
+    element counts ``numel [n]``: alpha (:func:`alpha_from_sums`), the reported alpha, the mask ratio, and ``moved``.
+
+    An update is then ``p = p * (1 - lr * wd * moved) - lr * alpha * (phi * u)``.
+    """
+    values = alpha_from_sums(sums, numel, alpha, alpha_max)
+    count = sums[:, 2]
+    return StepScale(values, reported_alpha(sums, values, alpha), count / numel, (count > 0).to(sums.dtype))
 
 
 def sign_agreement(momentum: Tensor, grad: Tensor) -> Tensor:
@@ -82,8 +111,8 @@ def reported_alpha(sums: Tensor, alpha_values: Tensor, alpha: str) -> Tensor:
 
 
 def masked_step(u: Tensor, phi: Tensor, alpha: str, alpha_max: float | None, numel: int | None = None,
-                reduce_sums: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """One tensor's masked, rescaled direction ``alpha * (phi * u)`` with its alpha and mask ratio.
+                reduce_sums: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One tensor's masked, rescaled direction ``alpha * (phi * u)`` with its alpha, mask ratio and ``moved``.
 
     This is the per-tensor rule every masked optimizer of the package applies to its own direction ``u``
     (Adam's ``m_hat / (sqrt(v_hat) + eps)`` for AlphaAdam; a low-rank or rotated direction elsewhere).
@@ -96,17 +125,17 @@ def masked_step(u: Tensor, phi: Tensor, alpha: str, alpha_max: float | None, num
         reduce_sums: adds the ``[1, 3]`` local sums over the shards, if sharded.
 
     Returns:
-        ``(step_direction, alpha, mask_ratio)`` with 0-d ``alpha`` and ``mask_ratio`` tensors. The direction is
-        all zeros when the mask is empty (the caller must then not move the tensor, weight decay included).
-        The returned alpha is the reported one (:func:`reported_alpha`: NaN / Inf for a non-finite update).
+        ``(step_direction, alpha, mask_ratio, moved)`` with 0-d tensors after the direction. The direction is
+        all zeros when the mask is empty, and ``moved`` is then 0: the caller applies
+        ``p (1 - lr wd moved) - lr direction``. The returned alpha is the reported one (:func:`reported_alpha`).
     """
     masked = phi * u
     sums = torch.stack([u.square().sum(), masked.square().sum(), phi.sum()]).unsqueeze(0)
     if reduce_sums is not None:
         sums = reduce_sums(sums)
     whole = torch.tensor([numel if numel is not None else u.numel()], dtype=sums.dtype, device=sums.device)
-    alpha_values = alpha_from_sums(sums, whole, alpha, alpha_max)
-    return alpha_values[0] * masked, reported_alpha(sums, alpha_values, alpha)[0], sums[0, 2] / whole[0]
+    scale = step_scale(sums, whole, alpha, alpha_max)
+    return scale.alpha[0] * masked, scale.reported[0], scale.mask_ratio[0], scale.moved[0]
 
 
 def validate_mask_options(mask: str, alpha: str, alpha_max: float | None, first_step: str) -> None:

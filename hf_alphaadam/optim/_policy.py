@@ -95,7 +95,7 @@ class Segment:
 
 
 @dataclass(frozen=True)
-class TensorPlan:
+class MomentumPlan:
     """How one parameter tensor's state is kept (see the module docstring)."""
 
     name: str
@@ -205,7 +205,7 @@ def _search(pattern: str | None, name: str | None) -> bool:
     return pattern is not None and name is not None and re.search(pattern, name) is not None
 
 
-def build_plan(name: str | None, shape: tuple[int, ...], options: dict) -> TensorPlan:
+def build_plan(name: str | None, shape: tuple[int, ...], options: dict) -> MomentumPlan:
     """The plan of one tensor from its name (may be ``None`` when the group's ``policy`` is not ``"auto"``), its
     (whole, unsharded) shape and the group's options (``rank``, ``second_moment``, ``head_dim``, ``policy``,
     ``lm_head``, ``other``, ``none_modules``, ``full_modules``, ``lowrank_modules``, ``fused_qkv_modules``,
@@ -241,7 +241,7 @@ def build_plan(name: str | None, shape: tuple[int, ...], options: dict) -> Tenso
         momentum = "full" if momentum in ("lowrank", "fused") else momentum
         fused = False
 
-    plan = TensorPlan(label_name, shape, role, reason, bool(transposed), ())
+    plan = MomentumPlan(label_name, shape, role, reason, bool(transposed), ())
     rows, cols = plan.canonical_shape
     mini = options["second_moment"] == "mini" and len(shape) >= 2
     head_dim = options["head_dim"]
@@ -272,14 +272,14 @@ def build_plan(name: str | None, shape: tuple[int, ...], options: dict) -> Tenso
                                      f"of this query/key block (shape {shape}); pass the model's head dimension")
                 rows_per_v = head_dim
         segments.append(Segment(start, stop, kind, rank, rows_per_v, label))
-    return TensorPlan(label_name, shape, role, reason, bool(transposed), tuple(segments))
+    return MomentumPlan(label_name, shape, role, reason, bool(transposed), tuple(segments))
 
 
 def _pattern(value: str | None, default: str) -> str | None:
     return default if value == "auto" else value
 
 
-def format_table(plans: list[TensorPlan]) -> str:
+def format_table(plans: list[MomentumPlan]) -> str:
     """A fixed-width text table of plans (one row per tensor) for the log."""
     header = ("parameter", "shape", "role", "momentum", "second moment", "state / AdamW")
     rows = []

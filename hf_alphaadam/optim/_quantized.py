@@ -66,6 +66,8 @@ BF16_UPDATE_MODES = ("plain", "kahan", "stochastic")
 # embed_positions, GPT-2's wte / wpe, ...
 EMBEDDING_PATTERN = re.compile(r"embed|(^|\.)(wte|wpe)(\.|$)", re.IGNORECASE)
 QUANTIZED_KEYS = ("exp_avg_codes", "exp_avg_absmax", "exp_avg_sq_codes", "exp_avg_sq_absmax")
+# the moments that may be stored in 8 bits (where the optimizer keeps them shaped like the parameter)
+MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 logger = logging.getLogger(__name__)
 
@@ -107,10 +109,11 @@ def is_embedding_name(name: str | None) -> bool:
     return name is not None and EMBEDDING_PATTERN.search(str(name)) is not None
 
 
-def quantize_tensor(param: Tensor, name: str | None, min_8bit_size: int, quantize_embeddings: bool) -> bool:
-    """Whether a tensor gets 8-bit moments: at least ``min_8bit_size`` elements and, unless
-    ``quantize_embeddings``, a name not recognised as an embedding."""
-    if param.numel() < min_8bit_size:
+def quantize_tensor(numel: int | Tensor, name: str | None, min_8bit_size: int, quantize_embeddings: bool) -> bool:
+    """Whether a tensor (of ``numel`` elements: the whole tensor's, so that every rank decides alike) gets 8-bit
+    moments: at least ``min_8bit_size`` elements and, unless ``quantize_embeddings``, a name not recognised as an
+    embedding."""
+    if (numel.numel() if isinstance(numel, Tensor) else numel) < min_8bit_size:
         return False
     return quantize_embeddings or not is_embedding_name(name)
 
@@ -119,17 +122,23 @@ def num_blocks(numel: int) -> int:
     return -(-numel // BLOCKSIZE)
 
 
-def init_quantized_state(state: dict, param: Tensor) -> None:
-    """Zero moments in 8-bit form: codes of the map's zero and zero absmax (dequantizes to exactly 0)."""
+def init_quantized_state(state: dict, param: Tensor, keys: tuple[str, ...] = MOMENT_KEYS) -> None:
+    """Zero moments ``keys`` in 8-bit form: codes of the map's zero and zero absmax (dequantizes to exactly 0)."""
     blocks = num_blocks(param.numel())
-    for key, signed in (("exp_avg", True), ("exp_avg_sq", False)):
+    for key in keys:
+        signed = key == "exp_avg"
         zero_code = int(torch.argmin(quantization_map("cpu", signed).abs()))
         state[f"{key}_codes"] = torch.full(param.shape, zero_code, dtype=torch.uint8, device=param.device)
         state[f"{key}_absmax"] = torch.zeros(blocks, dtype=torch.float32, device=param.device)
 
 
+def quantized_keys(state: dict) -> list[str]:
+    """The moments of ``state`` that are stored in 8 bits."""
+    return [key for key in MOMENT_KEYS if f"{key}_codes" in state]
+
+
 def is_quantized(state: dict) -> bool:
-    return "exp_avg_codes" in state
+    return any(f"{key}_codes" in state for key in MOMENT_KEYS)
 
 
 def dequantize_moment(state: dict, key: str) -> Tensor:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-import torch
 from torch import Tensor
 
 try:  # torch.distributed is optional (e.g. some macOS / mobile builds)

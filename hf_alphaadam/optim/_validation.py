@@ -68,10 +68,11 @@ def describe_mismatch(name: str, key: str, tensor: Any, expected_shape: tuple[in
     return f"{where} has dtype {str(tensor.dtype).removeprefix('torch.')}, expected {wanted}"
 
 
-def check_quantized_moments(name: str, param: Tensor, state: dict[str, Any], blocks: int) -> None:
-    """Before bitsandbytes reads 8-bit moments: codes are ``uint8`` of the parameter's shape, absmax ``float32``
-    of ``[blocks]``, both contiguous on the parameter's device."""
-    for key in ("exp_avg", "exp_avg_sq"):
+def check_quantized_moments(name: str, param: Tensor, state: dict[str, Any], blocks: int,
+                            keys: tuple[str, ...] = ("exp_avg", "exp_avg_sq")) -> None:
+    """Before bitsandbytes reads 8-bit moments ``keys``: codes are ``uint8`` of the parameter's shape, absmax
+    ``float32`` of ``[blocks]``, both contiguous on the parameter's device."""
+    for key in keys:
         for suffix, shape, dtype in (("codes", tuple(param.shape), torch.uint8), ("absmax", (blocks,), torch.float32)):
             tensor = state.get(f"{key}_{suffix}")
             if (not isinstance(tensor, Tensor) or tensor.shape != shape or tensor.dtype != dtype

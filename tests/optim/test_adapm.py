@@ -528,7 +528,7 @@ def test_flat_partition_with_low_rank_policy_is_refused():
 def test_fast_path_cache_blocks_equal_reference(monkeypatch, options, dtype):
     """The CPU fast path cuts element-wise passes into cache-sized blocks; with tiny blocks (none divides the
     tensors) it still equals the reference loop, for transposed, fused, plain and momentum-free tensors."""
-    monkeypatch.setattr(importlib.import_module("hf_alphaadam.optim.adapm"), "CACHE_BLOCK_NUMEL", 7)
+    monkeypatch.setattr(importlib.import_module("hf_alphaadam.optim._adapm_fast"), "CACHE_BLOCK_NUMEL", 7)
     spec = EQUIVALENCE_SPEC + [("h.0.mlp.c_fc.weight", (6, 10)), ("layers.0.self_attn.o_proj.weight", (5, 4)),
                                ("embed_tokens.weight", (9, 4)), ("mlp.gate_proj.weight", (3, 4, 2))]
     ref_params, fast_params = named_params(spec, dtype=dtype), named_params(spec, dtype=dtype)

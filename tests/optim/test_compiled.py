@@ -15,7 +15,7 @@ import torch
 
 from hf_alphaadam import AlphaAdam
 from hf_alphaadam.optim._compiled import _compiled_alphaadam
-from hf_alphaadam.optim.alphaadam import _single_tensor_alphaadam
+from hf_alphaadam.optim._adam_engine import _single_tensor_alphaadam
 
 pytestmark = pytest.mark.slow  # compiles C++ kernels with inductor: ~1 min the first time on 2 CPU cores
 
@@ -200,7 +200,7 @@ def _train_pair(make_other, steps=4, shapes=((6, 5), (70, 80), (7,))):
 def test_fused_routes_small_tensors_to_foreach_and_matches_reference(monkeypatch):
     import sys
 
-    module = sys.modules["hf_alphaadam.optim.alphaadam"]
+    module = sys.modules["hf_alphaadam.optim._adam_engine"]
 
     monkeypatch.setattr(module, "COMPILE_MIN_NUMEL", 1000)
     calls = _spy_compiled(monkeypatch)
@@ -219,7 +219,7 @@ def test_fused_routes_small_tensors_to_foreach_and_matches_reference(monkeypatch
 def test_default_compiles_only_groups_above_the_size_threshold(monkeypatch):
     import sys
 
-    module = sys.modules["hf_alphaadam.optim.alphaadam"]
+    module = sys.modules["hf_alphaadam.optim._adam_engine"]
 
     monkeypatch.setattr(module, "COMPILE_MIN_NUMEL", 1000)
     calls = _spy_compiled(monkeypatch)
@@ -239,7 +239,7 @@ def test_default_falls_back_to_foreach_when_compiling_fails(monkeypatch, caplog)
     from hf_alphaadam.optim import _compiled
     import sys
 
-    module = sys.modules["hf_alphaadam.optim.alphaadam"]
+    module = sys.modules["hf_alphaadam.optim._adam_engine"]
 
     def broken(name, args):
         raise RuntimeError("no C++ compiler found")

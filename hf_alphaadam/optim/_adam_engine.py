@@ -1,0 +1,229 @@
+"""The shared Adam engine: AlphaAdam's functional step over lists of tensors, its paths, and the dispatch policy.
+
+AlphaAdam calls it for every tensor; AdaPM (its full-momentum blocks) and AdaDiag (its unrotated tensors) call it
+for theirs, so Cautious AdamW, AdamW and every element-wise Adam tensor of the package take the same paths. The
+update rule is :class:`~hf_alphaadam.AlphaAdam`'s (its docstring holds the algorithm box); the per-tensor step
+rules come from ``_masking.py``.
+
+Paths, one signature (:func:`alphaadam`), each tested equal to the reference loop:
+
+- ``_single_tensor_alphaadam`` (here): the plain per-tensor reference, written as the algorithm box reads;
+- ``_multi_tensor_alphaadam`` (``_foreach.py``): ``torch._foreach_*`` ops per (device, dtype) bucket;
+- ``_native_alphaadam`` (``_native.py``): a small C kernel for fp32 CPU tensors, two passes over memory;
+- ``_compiled_alphaadam`` (``_compiled.py``): ``torch.compile``d kernels, two passes over memory.
+
+**Dispatch policy** (the only place it is decided; an optimizer's per-tensor plans record its outcome):
+
+1. ``foreach=False``: the reference loop. ``foreach=True`` with ``fused`` unset: the foreach path.
+2. ``fused=True`` or both unset: the native kernel when every tensor is a plain fp32 CPU tensor and the kernel
+   builds here (the first call builds it, about a second, cached on disk; ``HF_ALPHAADAM_NATIVE=0`` turns it off;
+   a failed build is logged once and the next rule applies).
+3. Otherwise ``fused=True``: the compiled kernels for tensors of at least :data:`COMPILE_MIN_NUMEL` elements,
+   the foreach path for the smaller ones. Both unset: the same for a list of at least
+   :data:`AUTO_COMPILE_MIN_NUMEL` elements where ``torch.compile`` works (compiling happens before anything is
+   updated; a failure is logged once and the foreach path is used from then on), else the foreach path.
+4. ``fused=False``: never the native or compiled kernels.
+
+Sizes are those of the whole (unsharded) tensors, so every rank of a sharded run routes, and issues its
+collectives, alike.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import _get_value
+
+from . import _native
+from ._foreach import _multi_tensor_alphaadam
+from ._masking import masked_step, sign_agreement, unmasked_step
+from ._sharding import SumsReducer, local
+from ._state import compute_dtype
+from ._validation import check_step_inputs
+
+__all__ = ["alphaadam", "StatisticsBucket", "AUTO_COMPILE_MIN_NUMEL", "COMPILE_MIN_NUMEL"]
+
+# (positions within the lists passed to the functional core, alpha [n], mask ratio [n])
+StatisticsBucket = tuple[list[int], Tensor, Tensor]
+
+# both unset, a param group's step is compiled when its tensors hold at least this many elements in all (GPT-2
+# small has 124M; the test-sized models of this project stay below it and never compile)
+AUTO_COMPILE_MIN_NUMEL = 1 << 24
+# inside a compiled step, tensors with fewer elements take the foreach path: each compiled call costs ~0.5 ms of
+# Python / guard overhead, more than a small tensor's whole update
+COMPILE_MIN_NUMEL = 1 << 16
+
+
+def alphaadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    foreach: bool | None = None,
+    fused: bool | None = None,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    mask: str,
+    alpha: str,
+    alpha_max: float | None,
+    first_step: str,
+    maximize: bool,
+    numels: list[int] | None = None,
+    reduce_sums: SumsReducer | None = None,
+    name_of: Callable[[int], str] | None = None,
+) -> list[StatisticsBucket]:
+    """Functional AlphaAdam step over lists of tensors (updates ``params`` and the states in place).
+
+    Before any path runs, each gradient and moment is checked against its parameter (shape, device, floating
+    dtype; ``_validation.check_step_inputs``): a ValueError naming the tensor (``name_of(i)``) instead of a
+    kernel writing out of bounds.
+
+    For sharded tensors, ``numels`` gives each whole tensor's element count and ``reduce_sums(sums, indices)``
+    adds the local ``[k, 3]`` sums of the tensors at ``indices`` over their shards (see ``_sharding.py``).
+    Returns the per-tensor statistics as ``(positions, alpha, mask_ratio)`` buckets, ``positions`` indexing
+    the input lists.
+
+    The path follows the module's dispatch policy.
+    """
+    options = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, mask=mask, alpha=alpha,
+                   alpha_max=alpha_max, first_step=first_step, maximize=maximize)
+    tensors = (params, grads, exp_avgs, exp_avg_sqs, state_steps)
+    check_step_inputs(*tensors, name_of=name_of)
+    whole_numels = numels if numels is not None else [p.numel() for p in params]
+    if fused is not False and (foreach is None or fused) and params and _native_step_ready(tensors):
+        return _native._native_alphaadam(*tensors, numels=numels, reduce_sums=reduce_sums, **options)
+    if fused is None and foreach is None and sum(whole_numels) >= AUTO_COMPILE_MIN_NUMEL and params:
+        fused = _compiled_step_ready(tensors, whole_numels, mask, alpha)
+    if fused:
+        return _fused_alphaadam(*tensors, whole_numels=whole_numels, numels=numels, reduce_sums=reduce_sums,
+                                **options)
+    func = _single_tensor_alphaadam if foreach is False else _multi_tensor_alphaadam
+    return func(*tensors, numels=numels, reduce_sums=reduce_sums, **options)
+
+
+def _native_step_ready(tensors: tuple[list[Tensor], ...]) -> bool:
+    """Whether the native C kernel serves this step: every tensor a plain fp32 CPU tensor, the kernel built here
+    (the first call builds it, about a second; a failure is logged once and the other paths are used)."""
+    return _native.applies(*[[local(t) for t in values] for values in tensors[:4]])
+
+
+def _compiled_step_ready(tensors: tuple[list[Tensor], ...], whole_numels: list[int], mask: str, alpha: str) -> bool:
+    """For ``fused=None``: whether the compiled kernels can serve this step, compiling them now if needed.
+
+    Compiling happens before anything is updated, so a failure (no C++ compiler, an unsupported platform or
+    dtype) falls back to the foreach path for this and every later step, with one warning.
+    """
+    from . import _compiled  # imports the torch.compile machinery only for groups that may use it
+
+    if not _compiled.usable(tensors[0][0]):
+        return False
+    large = [i for i, n in enumerate(whole_numels) if n >= COMPILE_MIN_NUMEL]
+    try:
+        _compiled.prepare(*[[local(values[i]) for i in large] for values in tensors[:4]], mask=mask, alpha=alpha)
+    except Exception as error:  # noqa: BLE001 - any compilation failure: train on with the eager foreach path
+        _compiled.disable(error)
+        return False
+    return True
+
+
+def _fused_alphaadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    whole_numels: list[int],
+    numels: list[int] | None,
+    reduce_sums: SumsReducer | None,
+    **options: Any,
+) -> list[StatisticsBucket]:
+    """The compiled kernels for tensors of at least ``COMPILE_MIN_NUMEL`` elements, the foreach path for the rest."""
+    from ._compiled import _compiled_alphaadam
+
+    small = [i for i, n in enumerate(whole_numels) if n < COMPILE_MIN_NUMEL]
+    large = [i for i, n in enumerate(whole_numels) if n >= COMPILE_MIN_NUMEL]
+    buckets: list[StatisticsBucket] = []
+    for indices, func in ((small, _multi_tensor_alphaadam), (large, _compiled_alphaadam)):
+        if not indices:
+            continue
+        sub_reduce = None
+        if reduce_sums is not None:
+            sub_reduce = (lambda sums, at, indices=indices: reduce_sums(sums, [indices[k] for k in at]))
+        sub_buckets = func(*[[values[i] for i in indices] for values in (params, grads, exp_avgs, exp_avg_sqs,
+                                                                          state_steps)],
+                           numels=[numels[i] for i in indices] if numels is not None else None,
+                           reduce_sums=sub_reduce, **options)
+        buckets += [([indices[k] for k in positions], a, r) for positions, a, r in sub_buckets]
+    return buckets
+
+
+def _single_tensor_alphaadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    mask: str,
+    alpha: str,
+    alpha_max: float | None,
+    first_step: str,
+    maximize: bool,
+    numels: list[int] | None = None,
+    reduce_sums: SumsReducer | None = None,
+) -> list[StatisticsBucket]:
+    """The reference loop: one tensor at a time, written as the algorithm box reads."""
+    alphas, ratios = [], []
+    for index, (param, grad, exp_avg, exp_avg_sq, step_t) in enumerate(
+            zip(params, grads, exp_avgs, exp_avg_sqs, state_steps)):
+        dtype = compute_dtype(param)
+        p = param.to(dtype)
+        g = grad.to(dtype)
+        g = -g if maximize else g
+        m = exp_avg.to(dtype)
+        v = exp_avg_sq.to(dtype)
+
+        step_t += 1
+        step = _get_value(step_t)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+
+        if mask == "async":
+            phi = sign_agreement(m, g)  # m is still m_{t-1}
+        m = m.lerp(g, 1 - beta1)
+        v = v * beta2 + (1 - beta2) * g * g
+        u = (m / bias_correction1) / (v.sqrt() / math.sqrt(bias_correction2) + eps)
+        if mask == "sync":
+            phi = sign_agreement(m, g)
+        if unmasked_step(mask, first_step, step):
+            phi = torch.ones_like(u)
+
+        step_direction, alpha_t, mask_ratio, moved = masked_step(
+            u, phi, alpha, alpha_max, numel=numels[index] if numels else None,
+            reduce_sums=(lambda sums: reduce_sums(sums, [index])) if reduce_sums is not None else None)
+
+        p = p * (1 - lr * weight_decay * moved)
+        p = p - lr * step_direction
+
+        param.copy_(p)
+        exp_avg.copy_(m)
+        exp_avg_sq.copy_(v)
+        alphas.append(alpha_t)
+        ratios.append(mask_ratio)
+    if not params:
+        return []
+    return [(list(range(len(params))), torch.stack(alphas), torch.stack(ratios))]
