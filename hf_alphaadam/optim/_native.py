@@ -1,5 +1,6 @@
-"""AlphaAdam's native CPU step: a small C kernel (``_native/alphaadam_cpu.c``) that updates every fp32 tensor of a
-param group in one call, in two passes over memory per tensor.
+"""The native CPU kernels (``_native/alphaadam_cpu.c``): the shared Adam engine's fp32 step, which updates every fp32
+tensor of a call in two passes over memory per tensor (AlphaAdam, Cautious AdamW, AdamW, AdaPM's and AdaDiag's
+element-wise tensors), plus AdaPM's element-wise tails (momentum-free Adam, low-rank / compact rows).
 
 Why a C kernel: the exact AlphaAdam step needs three per-tensor sums before any element moves. Eager ops pay for
 that with ~35 passes over memory and full-size temporaries; ``torch.compile``'s CPU kernels get it down to two
@@ -166,6 +167,11 @@ def _load() -> ctypes.CDLL:
                                      ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_float),
                                      ctypes.POINTER(ctypes.c_float)]
                 function.restype = ctypes.c_int
+                rule = library.alphaadam_rule_f32
+                rule.argtypes = [ctypes.c_int64, ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_double),
+                                 ctypes.POINTER(_Options), ctypes.POINTER(ctypes.c_float),
+                                 ctypes.POINTER(ctypes.c_float)]
+                rule.restype = ctypes.c_int
                 tail = library.adapm_tail_f32
                 tail.argtypes = [ctypes.c_int64, ctypes.POINTER(_Region), ctypes.c_int32]
                 tail.restype = ctypes.c_int
@@ -306,6 +312,24 @@ def _native_alphaadam(
     if alpha == "norm":
         alpha_values = reported_alpha(sums.to(torch.float32), alpha_values, alpha)
     return [(list(range(n)), alpha_values, mask_ratio)]
+
+
+def step_rule(sums: Tensor, whole_numels: list[int], *, alpha: str, alpha_max: float | None, lr: float,
+              weight_decay: float) -> tuple[Tensor, Tensor]:
+    """The kernel's step rules on given sums ``[n, 3]``: ``(alpha [n], decay [n])`` as the kernel computes them
+    (for the test that compares them with ``_masking.step_scale``)."""
+    n = sums.shape[0]
+    sums = sums.to(torch.float64).contiguous()
+    options = _Options(lr=float(lr), weight_decay=weight_decay, alpha_max=-1.0 if alpha_max is None else
+                       float(alpha_max), alpha=ALPHAS[alpha], mask=MASKS["async"])
+    alpha_values = torch.empty(n, dtype=torch.float32)
+    decay = torch.empty(n, dtype=torch.float32)
+    whole = (ctypes.c_double * n)(*[float(x) for x in whole_numels])
+    status = _load().alphaadam_rule_f32(n, _pointer(sums, ctypes.c_double), whole, ctypes.byref(options),
+                                        _pointer(alpha_values, ctypes.c_float), _pointer(decay, ctypes.c_float))
+    if status != 0:
+        raise RuntimeError(f"the native step rule failed (status {status})")
+    return alpha_values, decay
 
 
 def momentum_free_adam(params: list[Tensor], grads: list[Tensor], exp_avg_sqs: list[Tensor],

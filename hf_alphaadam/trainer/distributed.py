@@ -20,7 +20,6 @@ import json
 import os
 from typing import Any
 
-from torch import nn
 
 
 def deepspeed_config(args: Any) -> dict[str, Any] | None:
@@ -90,17 +89,6 @@ def one_group_per_tensor(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
             whole_numel = int(getattr(param, "ds_numel", param.numel()))
             split.append({**options, "params": [param], "param_names": [name], "whole_numel": whole_numel})
     return split
-
-
-def named_trainable_groups(model: nn.Module, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Attach ``param_names`` (from the model) to groups of bare parameters."""
-    names = {id(param): name for name, param in model.named_parameters()}
-    named = []
-    for group in groups:
-        params = list(group["params"])
-        named.append({**group, "params": params,
-                      "param_names": [names.get(id(param), f"param{index}") for index, param in enumerate(params)]})
-    return named
 
 
 def _env_true(name: str) -> bool:

@@ -235,7 +235,10 @@ static void range_apply(const Job *job, int64_t i, int64_t lo, int64_t hi, float
     }
 }
 
-/* alpha_from_sums (``_masking.py``) for one tensor, in fp32 as the reference */
+/* The step rules (``_masking.step_scale``), the kernel's one copy of them: alpha from the sums (norm / count /
+ * none, the clamp, 1 when the mask is empty) and the decay factor (1 - lr wd, or 1 where the mask is empty: such a
+ * tensor is not moved). In fp32 as the reference. ``alphaadam_rule_f32`` exposes them for the test that feeds
+ * this and the Python rule the same sums. */
 static float alpha_of(const Job *job, int64_t i, const double sums[3]) {
     const Options *o = job->opt;
     const float sq_u = (float)sums[0], sq_masked = (float)sums[1], count = (float)sums[2];
@@ -333,6 +336,19 @@ static void *work(void *arg) {
         }
     }
     return NULL;
+}
+
+/* alpha [n] and decay [n] from sums [n][3] and the whole tensors' counts, by the rules above. */
+int alphaadam_rule_f32(int64_t n, const double *sums, const double *whole_numel, const Options *opt, float *alpha,
+                       float *decay) {
+    if (n < 0 || opt == NULL || (n > 0 && (sums == NULL || whole_numel == NULL || alpha == NULL || decay == NULL)))
+        return -1;
+    Job job = {.n = n, .whole_numel = whole_numel, .opt = opt};
+    for (int64_t i = 0; i < n; i++) {
+        alpha[i] = alpha_of(&job, i, sums + 3 * i);
+        decay[i] = decay_of(&job, sums + 3 * i);
+    }
+    return 0;
 }
 
 /* Returns 0 on success, a negative number on a bad argument or a failed thread start. */
