@@ -159,10 +159,8 @@ def _subset(fragment: dict[str, Option], *keys: str) -> dict[str, Option]:
 
 ALPHAADAM_SCHEMA = OptionSchema(
     "AlphaAdam",
-    ADAM, MASK, _subset(PRECISION, "state_dtype"), _subset(DISPATCH, "foreach"), DISTRIBUTED,
-    _subset(DISPATCH, "fused"), _subset(PRECISION, "state_bits", "min_8bit_size", "quantize_embeddings",
-                                        "bf16_update"),
-    RESUME,
+    ADAM, MASK, _subset(PRECISION, "state_dtype"), DISPATCH, DISTRIBUTED,
+    _subset(PRECISION, "state_bits", "min_8bit_size", "quantize_embeddings", "bf16_update"), RESUME,
 )
 
 # ---- AdaPM -------------------------------------------------------------------------------------------------------
@@ -244,12 +242,19 @@ ADAPM_SETTINGS: dict[str, Option] = {
 
 _NO_MASK = {"mask": {"default": "none"}, "alpha": {"default": "none"}}
 
+_MOMENT_PRECISION = _subset(PRECISION, "state_bits", "min_8bit_size", "quantize_embeddings", "bf16_update")
+
 ADAPM_SCHEMA = OptionSchema(
     "AdaPM",
     ADAM, ADAPM_OWN, MASK, _subset(PRECISION, "state_dtype"), _subset(ADAPM_SETTINGS, "seed"),
-    _subset(DISPATCH, "foreach"), DISTRIBUTED, _subset(ADAPM_SETTINGS, "log_policy", "tensor_threads"), RESUME,
+    _subset(DISPATCH, "foreach"), DISTRIBUTED, _subset(ADAPM_SETTINGS, "log_policy", "tensor_threads"),
+    _MOMENT_PRECISION, RESUME,
     overrides={
         **_NO_MASK,
+        "state_bits": {"doc": PRECISION["state_bits"].doc + " In AdaPM, 8 bits hold the full-size ``exp_avg`` / "
+                                                            "``exp_avg_sq`` of element-wise (full / no momentum) "
+                                                            "blocks; low-rank factors, compact v and partial-row "
+                                                            "moments stay 32-bit."},
         "state_dtype": {"doc": "dtype of all state tensors (``None``: fp32 for bf16/fp16 parameters, else the "
                                "parameter's). Param groups save the dtype's name (``'bfloat16'``)."},
         "foreach": {"doc": "``True`` fast path, ``False`` per-tensor reference, ``None``: fast path."},
@@ -302,9 +307,13 @@ ADADIAG_OWN: dict[str, Option] = {
 
 ADADIAG_SCHEMA = OptionSchema(
     "AdaDiag",
-    ADAM, ADADIAG_OWN, MASK, _subset(PRECISION, "state_dtype"), _subset(DISPATCH, "foreach"), DISTRIBUTED, RESUME,
+    ADAM, ADADIAG_OWN, MASK, _subset(PRECISION, "state_dtype"), _subset(DISPATCH, "foreach"), DISTRIBUTED,
+    _MOMENT_PRECISION, RESUME,
     overrides={
         **_NO_MASK,
+        "state_bits": {"doc": PRECISION["state_bits"].doc + " In AdaDiag, 8 bits hold ``exp_avg`` and a dense "
+                                                            "``exp_avg_sq``; bases and factored moments stay "
+                                                            "32-bit."},
         "state_dtype": {"doc": "dtype of the moments (``None``: fp32 for bf16/fp16 parameters, else the "
                                "parameter's dtype). Bases are always kept in the compute dtype (fp32, or fp64 for "
                                "fp64 parameters). Param groups save the dtype's name (``'bfloat16'``)."},
