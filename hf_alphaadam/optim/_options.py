@@ -11,7 +11,8 @@ in ``trainer/optim_args.py``), the catalog's ``help()`` and the classes' ``Args:
 Errors name the key, the bad value and what is allowed. A value of the wrong type raises :class:`OptionTypeError`,
 which is a TypeError and also a ValueError (some constructors raised ValueError for those before the schema); a
 value of the right type but not allowed (out of range, not a choice, a regex that does not compile) raises a
-ValueError.
+ValueError. A range error states the range: ``rank must be an integer >= 1``, ``tensor_threads must be None or an
+integer >= 1``, ``alpha_max must be >= 1``, ``betas[0] must be in [0, 1)``.
 
 This module imports neither torch nor transformers (it runs before either is needed).
 """
@@ -233,8 +234,9 @@ class Option:
                 raise ValueError(f"{key} must be {self.expected()}, got {value!r}{self._why()}")
             if not math.isfinite(number):
                 raise ValueError(f"{key} must be a finite number{self._bounds(None)}, got {value!r}{self._why()}")
-            if not self._in_range(number):
-                raise ValueError(f"{key} must be{self._bounds(None)}, got {value!r}{self._why()}")
+            if not self._in_range(number):  # an integer's range reads "an integer >= 1", a number's ">= 1"
+                allowed = self.expected() if self.types == (int,) else self._bounds(None).strip()
+                raise ValueError(f"{key} must be {allowed}, got {value!r}{self._why()}")
             return value
         raise OptionTypeError(f"{key} must be {self.expected()}, got {value!r}{self._why()}")
 

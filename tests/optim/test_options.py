@@ -200,7 +200,9 @@ def test_wrong_types_are_type_errors_and_also_value_errors():
     (ADAPM_SCHEMA, "full_modules", 3, ["full_modules must be a regex string", "got 3"]),
     (ADAPM_SCHEMA, "lowrank_modules", "(", ["lowrank_modules='(' is not a valid regular expression"]),
     (ADADIAG_SCHEMA, "rotate", 3, ["rotate must be True, False or a regex string", "got 3"]),
-    (ADADIAG_SCHEMA, "update_freq", 0, ["update_freq must be >= 1, got 0", "steps between basis refreshes"]),
+    (ADADIAG_SCHEMA, "update_freq", 0, ["update_freq must be an integer >= 1, got 0", "steps between basis"]),
+    (ADAPM_SCHEMA, "tensor_threads", 0, ["tensor_threads must be None or an integer >= 1, got 0"]),
+    (ADAPM_SCHEMA, "residual_clip", 0.0, ["residual_clip must be > 0, got 0.0"]),
 ])
 def test_messages_name_the_key_the_value_and_what_is_allowed(schema, key, value, fragments):
     message = str(schema_error(schema, key, value))
@@ -242,7 +244,7 @@ def test_group_level_checks_run_after_the_options():
     schema.check_group({"rank": 2, "head_dim": 4})
     with pytest.raises(ValueError, match="rank=8 is larger than head_dim=4"):
         schema.check_group({"rank": 8, "head_dim": 4})
-    with pytest.raises(ValueError, match="rank must be >= 1"):  # per-option checks come first
+    with pytest.raises(ValueError, match="rank must be an integer >= 1"):  # per-option checks come first
         schema.check_group({"rank": 0, "head_dim": 4})
 
 
