@@ -105,9 +105,9 @@ def make_optimizer(variant: str, model, lr: float, settings: dict[str, Any]) -> 
     if options is None:
         # torch keeps extra group keys; drop the names so that any torch version accepts the groups
         return torch.optim.AdamW([{k: v for k, v in g.items() if k != "param_names"} for g in groups], **common)
-    from hf_alphaadam import AlphaAdam
+    from hf_alphaadam.optim import catalog
 
-    return AlphaAdam(groups, **common, **options)
+    return catalog.build("alphaadam", groups, **common, **options)  # mask / alpha on top of AlphaAdam's
 
 
 _DATA: tuple[torch.Tensor, torch.Tensor, int] | None = None

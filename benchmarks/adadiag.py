@@ -35,7 +35,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from benchmarks._common import (add_common_arguments, batches, char_data, lm_loss, machine_info,  # noqa: E402
                                 tiny_llama, warmup_cosine, write_result)
-from hf_alphaadam import AdaDiag  # noqa: E402
+from hf_alphaadam.optim import catalog  # noqa: E402
 
 logger = logging.getLogger("adadiag")
 # AdaDiag / AdaDiag++ with the default rotated moments, and AdaDiag++ with SOAP-style moments in the original space
@@ -55,8 +55,8 @@ def make_optimizer(name: str, model, lr: float, args, update_freq: int = 10, for
         return torch.optim.AdamW(model.parameters(), eps=1e-8, **common)
     two_sided = name.startswith("adadiag++")
     moment_space = "original" if name.endswith("/original") else "rotated"
-    return AdaDiag(model.named_parameters(), eps=1e-8, update_freq=update_freq, two_sided=two_sided,
-                   moment_space=moment_space, foreach=foreach, **common)
+    return catalog.build("adadiag_pp" if two_sided else "adadiag", model.named_parameters(), eps=1e-8,
+                         update_freq=update_freq, moment_space=moment_space, foreach=foreach, **common)
 
 
 def train_run(name, lr, args, train, valid, vocab):

@@ -44,7 +44,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from benchmarks._common import (add_common_arguments, char_data, gpt2_small_named_shapes,  # noqa: E402
                                 machine_info, set_threads, write_result)
-from hf_alphaadam.optim.alphaadam import AlphaAdam  # noqa: E402
+from hf_alphaadam.optim import catalog  # noqa: E402
 
 logger = logging.getLogger("eight_bit")
 STATE_TARGET = 0.01  # 8-bit AlphaAdam's state bytes within 1 % of AdamW8bit's
@@ -89,9 +89,9 @@ def build_optimizers(named_shapes, device):
 
     builders = {}
     named = params()
-    builders["AlphaAdam 32-bit"] = (AlphaAdam(named, lr=1e-4), named)
+    builders["AlphaAdam 32-bit"] = (catalog.build("alphaadam", named, lr=1e-4), named)
     named = params()
-    builders["AlphaAdam 8-bit"] = (AlphaAdam(named, lr=1e-4, state_bits=8), named)
+    builders["AlphaAdam 8-bit"] = (catalog.build("alphaadam_8bit", named, lr=1e-4), named)
     named = params()
     manager = bnb.optim.GlobalOptimManager.get_instance()
     manager.register_parameters([p for _, p in named])
@@ -160,8 +160,8 @@ def lm_curve(steps: int, device, seed: int = 0, hidden: int = 192, intermediate:
     for bits in (32, 8):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config).to(device)
-        optimizer = AlphaAdam(list(model.named_parameters()), lr=3e-3, weight_decay=0.01, state_bits=bits,
-                              min_8bit_size=1024)
+        optimizer = catalog.build("alphaadam_8bit" if bits == 8 else "alphaadam", list(model.named_parameters()),
+                                  lr=3e-3, weight_decay=0.01, min_8bit_size=1024)
         generator = torch.Generator().manual_seed(seed)
         losses = []
         start = time.perf_counter()

@@ -13,9 +13,9 @@ with four optimizers, all with betas (0.9, 0.999), eps 1e-8, weight decay 0.01 o
 and LayerNorms), gradient clipping at 1.0, linear warm-up (10 %) then linear decay to 0:
 
     adamw       torch.optim.AdamW
-    cautious    hf_alphaadam.AlphaAdam(mask="sync", alpha="count")   (Cautious AdamW)
-    alphaadam   hf_alphaadam.AlphaAdam()                             (defaults: async mask, norm alpha)
-    adapm       hf_alphaadam.AdaPM(named parameters)                 (default name policy, rank 16)
+    cautious    catalog.build("cautious_adamw")   (AlphaAdam with mask="sync", alpha="count": Cautious AdamW)
+    alphaadam   catalog.build("alphaadam")        (AlphaAdam's defaults: async mask, norm alpha)
+    adapm       catalog.build("adapm")            (named parameters, default name policy, rank 16)
 
 Protocol, per task and optimizer: a learning-rate sweep with seed 0, then the best learning rate (by the task's
 score) again with seeds 1 .. n-1; reported is the mean +- sample std over the n seeds at the best lr, and the GLUE
@@ -236,17 +236,17 @@ def task_score(metrics: dict[str, float]) -> float:
 
 def make_optimizer(name: str, model, lr: float) -> torch.optim.Optimizer:
     """The optimizer ``name`` over the Trainer-style decay / no-decay groups (parameter names kept for AdaPM)."""
-    import hf_alphaadam
+    from hf_alphaadam.optim import catalog
 
     groups = decay_groups(model, WEIGHT_DECAY)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     if name == "cautious":
-        return hf_alphaadam.AlphaAdam(groups, lr=lr, mask="sync", alpha="count")
+        return catalog.build("cautious_adamw", groups, lr=lr)
     if name == "alphaadam":
-        return hf_alphaadam.AlphaAdam(groups, lr=lr)
+        return catalog.build("alphaadam", groups, lr=lr)
     if name == "adapm":
-        return hf_alphaadam.AdaPM(groups, lr=lr, log_policy=False)
+        return catalog.build("adapm", groups, lr=lr, log_policy=False)
     raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
 
 

@@ -182,7 +182,7 @@ def build_model(args: argparse.Namespace, tokenizer: PreTrainedTokenizerFast) ->
 
 
 def train_one(optim: str, args: argparse.Namespace, tokenizer, train, evaluation) -> dict:
-    alpha_family = optim not in ("adamw_torch", "adamw_torch_fused", "adamw_hf", "sgd", "adafactor")
+    alpha_family = optim in hf_alphaadam.OPTIMIZERS  # the catalog's names (hf_alphaadam.optim.catalog)
     training_args = TrainingArguments(
         output_dir=str(Path(args.output_dir) / optim),
         optim=optim,
