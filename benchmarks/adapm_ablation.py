@@ -13,16 +13,16 @@ low-rank rank 16, ``refit_iters=1``, ``residual="full"``, Adam's element-wise v)
   (``policy="none"``, the memory floor);
 - AdamW as the reference, at its tuned lr.
 
-Learning rates: the tuned lrs come from ``benchmarks/results/adapm_convergence.json`` (Tiny Shakespeare): AdamW
-runs at its best lr; every AdaPM variant at AdaPM's best lr ``L`` and at its better neighbour in that sweep
-(``L / 2`` or ``2 L``), with seed 0, and keeps the better of the two. That is a small grid around AdaPM's best,
-not a bracketing sweep per variant (a variant whose optimum moved further is not found). Then one fresh seed (1)
-per variant at its chosen lr (``--seeds`` for more). The paired statistics use seed 0's run at the chosen lr and
-the fresh seeds, each paired with AdamW's run of the same seed: the relative difference of the final validation
-loss with its 95 % Student-t interval (2 seeds: 1 degree of freedom, a wide interval). Seed 0 also chose each
-variant's lr between two, which favours the variants slightly (AdamW's lr was likewise chosen on seed 0 in
-``adapm_convergence``, among four). Momentum bytes are the optimizer's first-moment state after training
-(``exp_avg`` and the low-rank factors). This budget (62 runs) is what fits ~45 minutes on one shared core.
+Learning rates and seeds: the tuned lrs come from ``benchmarks/results/adapm_convergence.json`` (Tiny
+Shakespeare). AdamW runs at its best lr, every AdaPM variant at AdaPM's best lr ``L``, with seeds 0 and 1, each
+paired with AdamW's run of the same seed: the relative difference of the final validation loss with its 95 %
+Student-t interval (2 seeds: 1 degree of freedom, a wide interval). Then the lr check: every AdaPM variant once
+more at AdaPM's better neighbour in that sweep (``L / 2`` or ``2 L``), seed 0; a variant that is better there is
+flagged (its rows stay at ``L``). So each variant runs at the tuned AdaPM lr with a one-sided check around it,
+not at a per-variant optimum found by a bracketing sweep. Momentum bytes are the optimizer's first-moment state
+after training (``exp_avg`` and the low-rank factors). The result is written after each seed and after the lr
+check, so a stopped run leaves the part it finished (``complete`` in the JSON). This budget (62 runs) is what fits
+about 45 minutes on one core of a quiet machine; on this shared one it takes longer.
 
 Outputs: per variant the loss at 20 / 40 / 60 / 100 %, the paired gap to AdamW and to the default, the momentum
 and total state bytes, the Pareto front of (momentum bytes, final loss), a Pareto plot, and the *recommended
@@ -32,8 +32,8 @@ qualifies.
 
 Usage::
 
-    python -m benchmarks run adapm_ablation            # 62 runs of 25-45 s (one thread, shared): ~40 min
-    python -m benchmarks run adapm_ablation --lrs 0.005 --seeds 2 --variants rank4 mini   # a subset
+    python -m benchmarks run adapm_ablation            # 62 runs of 25-75 s (one thread): 30-75 min
+    python -m benchmarks run adapm_ablation --lr 0.005 --check-lr 0 --seeds 3 --variants rank4 mini   # a subset
     python -m benchmarks run adapm_ablation --quick    # smoke run (seconds): tiny model, 4 variants
 
 Writes ``benchmarks/results/adapm_ablation[_quick].json`` and ``.png``.
@@ -56,7 +56,7 @@ if __package__ in (None, ""):  # ``python benchmarks/adapm_ablation.py``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._adapm_runs import FRACTIONS, fmt_interval, model_parameters, paired_differences, run_jobs
-from benchmarks._common import RESULTS, add_common_arguments, best_lrs, machine_info, result_path, write_result
+from benchmarks._common import RESULTS, add_common_arguments, machine_info, result_path, write_result
 from benchmarks.adapm_convergence import parse_args as convergence_args
 from benchmarks.adapm_convergence import settings_of, uptime
 
@@ -132,11 +132,12 @@ def recommend(rows: dict[str, dict[str, Any]], target_pct: float = TARGET_GAP_PC
                     "the default, or better than it on both; lowest final loss"}
 
 
-def variant_rows(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def variant_rows(runs: list[dict[str, Any]], checks: list[dict[str, Any]] = ()) -> dict[str, dict[str, Any]]:
     """Per variant: final loss (mean over the paired seeds), paired gaps to AdamW and to the default (95 % t),
-    the loss at each fraction, momentum and total state bytes."""
+    the loss at each fraction, momentum and total state bytes, and the lr check (``checks``: seed-0 runs at
+    another lr): its final loss relative to the same variant's seed-0 run, in percent (negative: better there)."""
     vs_adamw = paired_differences(runs, "adamw")
-    vs_default = paired_differences(runs, "default")
+    vs_default = paired_differences(runs, "default") if any(r["variant"] == "default" for r in runs) else {}
     final = str(FRACTIONS[-1])
     out = {}
     for name, row in vs_adamw.items():
@@ -145,8 +146,14 @@ def variant_rows(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                      "lr": next(r["lr"] for r in runs if r["variant"] == name),
                      "final_loss": row["loss"][final]["mean"], "loss": row["loss"],
                      "gap_pct": row["vs_adamw_pct"][final]["mean"], "vs_adamw_pct": row["vs_adamw_pct"],
-                     "vs_default_pct": vs_default[name]["vs_default_pct"],
+                     "vs_default_pct": vs_default.get(name, {}).get("vs_default_pct"),
                      "momentum_bytes": state["momentum"], "total_bytes": state["total"]}
+        seed0 = next((r for r in runs if r["variant"] == name and r["seed"] == 0), None)
+        check = next((c for c in checks if c["variant"] == name), None)
+        if seed0 is not None and check is not None:
+            out[name]["lr_check"] = {"lr": check["lr"], "final_loss": check["at_fraction"][final],
+                                     "vs_lr_pct": 100 * (check["at_fraction"][final] / seed0["at_fraction"][final]
+                                                         - 1)}
     return out
 
 
@@ -154,7 +161,7 @@ def variant_rows(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def tuned_lrs(path: Path) -> dict[str, Any]:
     """AdamW's and AdaPM's best lr on Tiny Shakespeare from an ``adapm_convergence`` result, and AdaPM's better
-    neighbour in that sweep (the second lr of the ablation's grid)."""
+    neighbour in that sweep (the lr of the ablation's lr check)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `python -m benchmarks run adapm_convergence` first, or pass "
                                 "--adamw-lr and --lrs")
@@ -164,7 +171,7 @@ def tuned_lrs(path: Path) -> dict[str, Any]:
     lower = max((lr for lr in sweep if lr < best["adapm"]), default=None)
     upper = min((lr for lr in sweep if lr > best["adapm"]), default=None)
     neighbour = min((lr for lr in (lower, upper) if lr is not None), key=lambda lr: sweep[lr])
-    return {"adamw": best["adamw"], "adapm": sorted([best["adapm"], neighbour]), "source": str(path)}
+    return {"adamw": best["adamw"], "adapm": best["adapm"], "neighbour": neighbour, "source": str(path)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -174,24 +181,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_common_arguments(parser)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
                         help="variants to run (default: all; adamw and default are always run)")
-    parser.add_argument("--lrs", type=float, nargs="+", default=None,
-                        help="lrs of every AdaPM variant (default: AdaPM's best and its better neighbour from "
-                             "--tuned)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="lr of every AdaPM variant (default: AdaPM's best from --tuned)")
+    parser.add_argument("--check-lr", type=float, default=None,
+                        help="the lr check's lr, seed 0 (default: AdaPM's better neighbour from --tuned; 0: no check)")
     parser.add_argument("--adamw-lr", type=float, default=None, help="AdamW's lr (default: its best from --tuned)")
     parser.add_argument("--tuned", type=Path, default=RESULTS / "adapm_convergence.json",
                         help="the adapm_convergence result the tuned lrs come from")
-    parser.add_argument("--seeds", type=int, default=None, help="fresh seeds at the chosen lr (default 1)")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds 0 .. N-1 at the lr (default 2)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
     if args.quick:
-        args.lrs = args.lrs or [5e-3, 1e-2]
-        args.adamw_lr = args.adamw_lr or 1e-2
-    elif args.lrs is None or args.adamw_lr is None:
+        args.lr, args.adamw_lr = args.lr or 5e-3, args.adamw_lr or 1e-2
+        args.check_lr = 1e-2 if args.check_lr is None else args.check_lr
+    elif None in (args.lr, args.check_lr, args.adamw_lr):
         tuned = tuned_lrs(args.tuned)
-        args.lrs = args.lrs or tuned["adapm"]
-        args.adamw_lr = args.adamw_lr or tuned["adamw"]
-    args.seeds = args.seeds if args.seeds is not None else 1
+        args.lr, args.adamw_lr = args.lr or tuned["adapm"], args.adamw_lr or tuned["adamw"]
+        args.check_lr = tuned["neighbour"] if args.check_lr is None else args.check_lr
     chosen = args.variants or (QUICK_VARIANTS if args.quick else list(VARIANTS))
     args.variants = ["adamw", "default"] + [v for v in chosen if v not in ("adamw", "default")]
     return args
@@ -212,36 +221,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {"settings": settings, "corpus": CORPUS, "variant": variant, "options": VARIANTS[variant][2],
                 "lr": lr, "seed": seed, "phase": phase}
 
-    adapm_variants = [v for v in args.variants if v != "adamw"]
-    sweep = run_jobs([job("adamw", args.adamw_lr, 0, "sweep")]
-                     + [job(v, lr, 0, "sweep") for lr in args.lrs for v in adapm_variants], "ablation lr choice")
-    chosen = best_lrs(sweep)
-    fresh = list(range(1, 1 + args.seeds))
-    # seed 0's run at the chosen lr counts as a seed too (see the module docstring for its small bias)
-    runs = [r for r in sweep if r["lr"] == chosen[r["variant"]]]
-    done = [0]
+    lrs = {v: args.adamw_lr if v == "adamw" else args.lr for v in args.variants}
+    runs: list[dict[str, Any]] = []
+    checks: list[dict[str, Any]] = []
+    done: list[int] = []
 
     def write(complete: bool) -> tuple[dict[str, Any], Path]:
-        """The result of the seeds run so far (written after each seed, so that a stopped run leaves its part)."""
-        rows = variant_rows(runs)
-        choice = {"corpus": CORPUS, "lrs": args.lrs, "adamw_lr": args.adamw_lr, "seeds": list(done),
-                  "fresh_seeds": fresh, "variants": args.variants, "lr_source": None if args.quick else str(args.tuned)}
+        """The result of what ran so far (written after each phase, so that a stopped run leaves its part)."""
+        rows = variant_rows(runs, checks)
+        choice = {"corpus": CORPUS, "lr": args.lr, "check_lr": args.check_lr, "adamw_lr": args.adamw_lr,
+                  "seeds": list(done), "planned_seeds": args.seeds, "variants": args.variants,
+                  "lr_source": None if args.quick else str(args.tuned)}
         result = {"quick": args.quick, "complete": complete, "machine": machine, "settings": settings | choice,
                   "uptime": {"start": load_start, "end": uptime()},
                   "model_parameters": model_parameters(settings, CORPUS),
-                  "options": {v: VARIANTS[v][2] for v in args.variants}, "chosen_lr": chosen, "rows": rows,
+                  "options": {v: VARIANTS[v][2] for v in args.variants}, "lr": lrs, "rows": rows,
                   "pareto_front": pareto_front({k: (r["momentum_bytes"], r["final_loss"]) for k, r in rows.items()}),
-                  "recommendation": recommend(rows), "sweep": sweep, "runs": runs,
+                  "recommendation": recommend(rows), "runs": runs, "lr_check": checks,
                   "seconds": round(time.perf_counter() - started, 1)}
         path = write_result(result, args.output_dir, NAME, args.quick)
         plot(result, result_path(args.output_dir, NAME, args.quick, ".png"))
         return result, path
 
-    result, path = write(complete=not fresh)
-    for seed in fresh:
-        runs += run_jobs([job(v, chosen[v], seed, "final") for v in args.variants], f"ablation seed {seed}")
+    for seed in range(args.seeds):
+        runs += run_jobs([job(v, lrs[v], seed, "final") for v in args.variants], f"ablation seed {seed}")
         done.append(seed)
-        result, path = write(complete=seed == fresh[-1])
+        result, path = write(complete=seed == args.seeds - 1 and not args.check_lr)
+    if args.check_lr:
+        checks += run_jobs([job(v, args.check_lr, 0, "lr check") for v in args.variants if v != "adamw"],
+                           "ablation lr check")
+        result, path = write(complete=True)
     for row in summary(result):
         LOG.info("%s: %s -> %s", row["claim"], row["measured"], row["verdict"])
     LOG.info("wrote %s and .png (%.0f s)", path, result["seconds"])
@@ -264,7 +273,7 @@ def summary(result: dict[str, Any]) -> list[dict[str, str]]:
     if result.get("quick"):
         scale += " (quick run: numbers mean little)"
     if result.get("complete") is False:
-        scale += f" (stopped early: {result['settings']['fresh_seeds']} fresh seeds planned)"
+        scale += f" (stopped early: {result['settings']['planned_seeds']} seeds planned, lr check pending)"
     final = str(FRACTIONS[-1])
     for name, row in rows.items():
         if name == "adamw":
@@ -276,7 +285,7 @@ def summary(result: dict[str, Any]) -> list[dict[str, str]]:
                                 + ("" if name == "default" else f", vs default {fmt_interval(vs_default)}")
                                 + f"; momentum {_kib(row['momentum_bytes'])} "
                                   f"({row['momentum_bytes'] / rows['adamw']['momentum_bytes']:.0%} of AdamW's)"
-                                + (f"; {scale}" if name == "default" else ""),
+                                + _lr_check(row) + (f"; {scale}" if name == "default" else ""),
                     "verdict": _verdict(row, base, name)})
     out.append({"claim": "Pareto front of (momentum bytes, final loss)",
                 "measured": " < ".join(f"{k} {_kib(rows[k]['momentum_bytes'])} / {rows[k]['final_loss']:.4f}"
@@ -296,6 +305,15 @@ def summary(result: dict[str, Any]) -> list[dict[str, str]]:
     out.append({"claim": "a better default: within 1 % of tuned AdamW at no more memory than today's",
                 "measured": measured, "verdict": verdict})
     return out
+
+
+def _lr_check(row: dict[str, Any]) -> str:
+    """``; at lr 0.005 (seed 0) +0.31 %`` where the lr check ran, flagged when the other lr was better."""
+    check = row.get("lr_check")
+    if check is None:
+        return ""
+    flag = " (better there: its best lr may differ)" if check["vs_lr_pct"] < 0 else ""
+    return f"; at lr {check['lr']:g} (seed 0) {check['vs_lr_pct']:+.2f} %{flag}"
 
 
 def _verdict(row: dict[str, Any], base: dict[str, Any], name: str) -> str:

@@ -51,6 +51,7 @@ def test_recommend_keeps_a_default_that_already_meets():
 
 
 def test_tuned_lrs_take_adapm_best_and_its_better_neighbour(tmp_path):
+    """The lr check goes to the side of AdaPM's best lr where the sweep's loss was lower."""
     sweep = [{"variant": "adapm", "lr": lr, "at_fraction": {"1.0": loss}}
              for lr, loss in ((2.5e-3, 1.95), (5e-3, 1.90), (1e-2, 1.93), (2e-2, 2.1))]
     sweep += [{"variant": "adamw", "lr": 2.5e-3, "at_fraction": {"1.0": 1.9}}]
@@ -58,9 +59,11 @@ def test_tuned_lrs_take_adapm_best_and_its_better_neighbour(tmp_path):
     path.write_text(json.dumps({"corpora": {"shakespeare": {"best_lr": {"adamw": 2.5e-3, "adapm": 5e-3},
                                                             "sweep": sweep}}}))
     tuned = adapm_ablation.tuned_lrs(path)
-    assert tuned["adamw"] == 2.5e-3 and tuned["adapm"] == [5e-3, 1e-2]
+    assert tuned["adamw"] == 2.5e-3 and tuned["adapm"] == 5e-3 and tuned["neighbour"] == 1e-2
     with pytest.raises(FileNotFoundError, match="run `python -m benchmarks run adapm_convergence` first"):
         adapm_ablation.tuned_lrs(tmp_path / "missing.json")
+    with pytest.raises(SystemExit):
+        adapm_ablation.parse_args(["--quick", "--seeds", "0"])
 
 
 def fake_run(variant: str, seed: int, final: float, momentum: int) -> dict:
@@ -75,7 +78,11 @@ def test_variant_rows_pair_against_adamw_and_the_default():
         base = 2.0 + 0.1 * seed
         runs += [fake_run("adamw", seed, base, 100), fake_run("default", seed, base * 1.02, 40),
                  fake_run("rank4", seed, base * 1.03, 10)]
-    rows = adapm_ablation.variant_rows(runs)
+    checks = [dict(fake_run("rank4", 0, 2.0 * 1.03 * 0.99, 10), lr=1e-2)]  # 1 % better at the other lr
+    rows = adapm_ablation.variant_rows(runs, checks)
+    assert rows["rank4"]["lr_check"]["lr"] == 1e-2
+    assert rows["rank4"]["lr_check"]["vs_lr_pct"] == pytest.approx(-1.0)
+    assert "lr_check" not in rows["default"]
     assert rows["rank4"]["gap_pct"] == pytest.approx(3.0)
     assert rows["rank4"]["vs_default_pct"]["1.0"]["mean"] == pytest.approx(100 * (1.03 / 1.02 - 1))
     assert rows["rank4"]["momentum_bytes"] == 10 and rows["rank4"]["group"] == "rank"
@@ -87,6 +94,7 @@ def test_variant_rows_pair_against_adamw_and_the_default():
     assert all(set(r) == {"claim", "measured", "verdict"} for r in summary)
     rank4 = next(r for r in summary if "rank 4" in r["claim"])
     assert rank4["verdict"] == "worse than the default"  # +0.98 % in both seeds: no spread
+    assert "at lr 0.01 (seed 0) -1.00 % (better there" in rank4["measured"]
     assert summary[-1]["verdict"] == "keep default" and "no variant" in summary[-1]["measured"]
 
 
@@ -99,5 +107,6 @@ def test_quick_run_writes_its_json(tmp_path, monkeypatch):
     assert set(stored["rows"]) == set(adapm_ablation.QUICK_VARIANTS)
     assert stored["rows"]["rank4"]["momentum_bytes"] < stored["rows"]["default"]["momentum_bytes"]
     assert stored["rows"]["default"]["seeds"] == [0, 1]
-    assert len(stored["sweep"]) == 1 + 2 * 3  # AdamW at its lr, three AdaPM variants at two lrs
+    assert len(stored["runs"]) == 2 * 4 and len(stored["lr_check"]) == 3  # 2 seeds x 4; AdaPM variants at lr 2
+    assert all("lr_check" in row for name, row in stored["rows"].items() if name != "adamw")
     assert stored["pareto_front"] and adapm_ablation.summary(stored)
