@@ -248,9 +248,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         done.append(seed)
         result, path = write(complete=seed == args.seeds - 1 and not args.check_lr)
     if args.check_lr:
-        checks += run_jobs([job(v, args.check_lr, 0, "lr check") for v in args.variants if v != "adamw"],
-                           "ablation lr check")
-        result, path = write(complete=True)
+        pending = [v for v in args.variants if v != "adamw"]
+        for variant in pending:  # written after each run: the check is the part most likely to be cut short
+            checks += run_jobs([job(variant, args.check_lr, 0, "lr check")], "ablation lr check")
+            result, path = write(complete=variant == pending[-1])
     for row in summary(result):
         LOG.info("%s: %s -> %s", row["claim"], row["measured"], row["verdict"])
     LOG.info("wrote %s and .png (%.0f s)", path, result["seconds"])
