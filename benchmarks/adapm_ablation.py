@@ -274,7 +274,8 @@ def summary(result: dict[str, Any]) -> list[dict[str, str]]:
     if result.get("quick"):
         scale += " (quick run: numbers mean little)"
     if result.get("complete") is False:
-        scale += f" (stopped early: {result['settings']['planned_seeds']} seeds planned, lr check pending)"
+        scale += (f" (stopped early: {len(result['settings']['seeds'])} of {result['settings']['planned_seeds']} "
+                  f"seeds, lr check on {len(result.get('lr_check', []))} of {len(rows) - 1} variants)")
     final = str(FRACTIONS[-1])
     for name, row in rows.items():
         if name == "adamw":
