@@ -69,6 +69,7 @@ class OptimizerSpec:
         object.__setattr__(self, "schema", schema)
         object.__setattr__(self, "defaults", dict(self.defaults))
         object.__setattr__(self, "extra_options", tuple(self.extra_options))
+        self._refuse_training_arguments(self.defaults)
         if schema is not None:
             for key, value in self.defaults.items():
                 if key not in schema:
@@ -82,7 +83,10 @@ class OptimizerSpec:
         if options is None:
             options = schema.optim_args(fixed=tuple(self.defaults), extra=self.extra_options) if schema else {}
         object.__setattr__(self, "options", dict(options))
-        for key in [*self.defaults, *self.options]:
+        self._refuse_training_arguments(self.options)
+
+    def _refuse_training_arguments(self, keys: Mapping[str, Any]) -> None:
+        for key in keys:
             if key in TRAINING_ARGUMENT_KEYS:
                 raise ValueError(f"{self.name}: {key!r} comes from the TrainingArguments field "
                                  f"{TRAINING_ARGUMENT_KEYS[key]} and cannot be a default or an optim_args option")
