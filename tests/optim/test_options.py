@@ -110,7 +110,6 @@ def construct(cls, params, **kwargs):
 
 
 CASES = [(cls, key, value) for cls, schema in SCHEMAS.items() for key in schema for value in bad_values(cls, key)]
-# the classes do not check these yet (the schema does): they flip when the classes use the schema
 
 
 def checked_by_the_class_today(case):
