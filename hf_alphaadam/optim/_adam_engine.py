@@ -31,7 +31,7 @@ collectives, alike.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -44,7 +44,9 @@ from ._sharding import SumsReducer, local
 from ._state import compute_dtype
 from ._validation import check_step_inputs
 
-__all__ = ["alphaadam", "StatisticsBucket", "AUTO_COMPILE_MIN_NUMEL", "COMPILE_MIN_NUMEL"]
+__all__ = ["alphaadam", "route_for", "ROUTES", "StatisticsBucket", "AUTO_COMPILE_MIN_NUMEL", "COMPILE_MIN_NUMEL"]
+
+ROUTES = ("native", "compiled", "foreach", "reference")
 
 # (positions within the lists passed to the functional core, alpha [n], mask ratio [n])
 StatisticsBucket = tuple[list[int], Tensor, Tensor]
@@ -79,6 +81,7 @@ def alphaadam(
     numels: list[int] | None = None,
     reduce_sums: SumsReducer | None = None,
     name_of: Callable[[int], str] | None = None,
+    route: str | None = None,
 ) -> list[StatisticsBucket]:
     """Functional AlphaAdam step over lists of tensors (updates ``params`` and the states in place).
 
@@ -91,79 +94,88 @@ def alphaadam(
     Returns the per-tensor statistics as ``(positions, alpha, mask_ratio)`` buckets, ``positions`` indexing
     the input lists.
 
-    The path follows the module's dispatch policy.
+    The path of each tensor follows the module's dispatch policy (:func:`route_for`); ``route`` (one of
+    :data:`ROUTES`, as an optimizer's plans record it) sends every tensor of the call down that path instead.
     """
     options = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, mask=mask, alpha=alpha,
                    alpha_max=alpha_max, first_step=first_step, maximize=maximize)
     tensors = (params, grads, exp_avgs, exp_avg_sqs, state_steps)
     check_step_inputs(*tensors, name_of=name_of)
+    if not params:
+        return []
     whole_numels = numels if numels is not None else [p.numel() for p in params]
-    if fused is not False and (foreach is None or fused) and params and _native_step_ready(tensors):
-        return _native._native_alphaadam(*tensors, numels=numels, reduce_sums=reduce_sums, **options)
-    if fused is None and foreach is None and sum(whole_numels) >= AUTO_COMPILE_MIN_NUMEL and params:
-        fused = _compiled_step_ready(tensors, whole_numels, mask, alpha)
-    if fused:
-        return _fused_alphaadam(*tensors, whole_numels=whole_numels, numels=numels, reduce_sums=reduce_sums,
-                                **options)
-    func = _single_tensor_alphaadam if foreach is False else _multi_tensor_alphaadam
-    return func(*tensors, numels=numels, reduce_sums=reduce_sums, **options)
+    if route is None:
+        group_numel = sum(whole_numels)
+        routes = [route_for(native_fits=_native.supports(*[[local(values[i])] for values in tensors[:4]]),
+                            whole_numel=whole_numels[i], group_numel=group_numel, foreach=foreach, fused=fused,
+                            like=local(params[i])) for i in range(len(params))]
+    else:
+        routes = [route] * len(params)
+    buckets: list[StatisticsBucket] = []
+    for path in ROUTES:
+        indices = [i for i, r in enumerate(routes) if r == path]
+        if not indices:
+            continue
+        sub = [[values[i] for i in indices] for values in tensors]
+        sub_reduce = reduce_sums
+        if reduce_sums is not None and len(indices) != len(params):
+            sub_reduce = (lambda sums, at, indices=indices: reduce_sums(sums, [indices[k] for k in at]))
+        if path == "compiled" and fused is None and not _compiled_step_ready(sub, mask, alpha):
+            path = "foreach"  # compiling failed (logged once): the foreach path from now on
+        func = _path_function(path)
+        sub_buckets = func(*sub, numels=[numels[i] for i in indices] if numels is not None else None,
+                           reduce_sums=sub_reduce, **options)
+        if len(indices) == len(params):
+            buckets += sub_buckets
+        else:
+            buckets += [([indices[k] for k in positions], a, r) for positions, a, r in sub_buckets]
+    return buckets
 
 
-def _native_step_ready(tensors: tuple[list[Tensor], ...]) -> bool:
-    """Whether the native C kernel serves this step: every tensor a plain fp32 CPU tensor, the kernel built here
-    (the first call builds it, about a second; a failure is logged once and the other paths are used)."""
-    return _native.applies(*[[local(t) for t in values] for values in tensors[:4]])
+def route_for(*, native_fits: bool, whole_numel: int, group_numel: int, foreach: bool | None, fused: bool | None,
+              like: Tensor) -> str:
+    """The dispatch policy (the module docstring) for one tensor: ``"native"``, ``"compiled"``, ``"foreach"`` or
+    ``"reference"``. ``native_fits``: the tensor, its gradient and moments are plain fp32 CPU tensors;
+    ``whole_numel``: the whole tensor's element count; ``group_numel``: that of all tensors stepped with it;
+    ``like``: a tensor of the device and dtype the math runs in."""
+    if fused is not False and (foreach is None or fused) and native_fits and _native.enabled() and _native.available():
+        return "native"
+    compiled = fused is True
+    if fused is None and foreach is None and group_numel >= AUTO_COMPILE_MIN_NUMEL:
+        from . import _compiled  # imports the torch.compile machinery only for groups that may use it
+
+        compiled = _compiled.usable(like)
+    if compiled:
+        return "compiled" if whole_numel >= COMPILE_MIN_NUMEL else "foreach"
+    return "reference" if foreach is False else "foreach"
 
 
-def _compiled_step_ready(tensors: tuple[list[Tensor], ...], whole_numels: list[int], mask: str, alpha: str) -> bool:
+def _path_function(path: str) -> Callable[..., list[StatisticsBucket]]:
+    if path == "native":
+        return _native._native_alphaadam
+    if path == "compiled":
+        from ._compiled import _compiled_alphaadam
+
+        return _compiled_alphaadam
+    return _multi_tensor_alphaadam if path == "foreach" else _single_tensor_alphaadam
+
+
+def _compiled_step_ready(tensors: list[list[Tensor]], mask: str, alpha: str) -> bool:
     """For ``fused=None``: whether the compiled kernels can serve this step, compiling them now if needed.
 
     Compiling happens before anything is updated, so a failure (no C++ compiler, an unsupported platform or
     dtype) falls back to the foreach path for this and every later step, with one warning.
     """
-    from . import _compiled  # imports the torch.compile machinery only for groups that may use it
+    from . import _compiled
 
     if not _compiled.usable(tensors[0][0]):
         return False
-    large = [i for i, n in enumerate(whole_numels) if n >= COMPILE_MIN_NUMEL]
     try:
-        _compiled.prepare(*[[local(values[i]) for i in large] for values in tensors[:4]], mask=mask, alpha=alpha)
+        _compiled.prepare(*[[local(t) for t in values] for values in tensors[:4]], mask=mask, alpha=alpha)
     except Exception as error:  # noqa: BLE001 - any compilation failure: train on with the eager foreach path
         _compiled.disable(error)
         return False
     return True
-
-
-def _fused_alphaadam(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    *,
-    whole_numels: list[int],
-    numels: list[int] | None,
-    reduce_sums: SumsReducer | None,
-    **options: Any,
-) -> list[StatisticsBucket]:
-    """The compiled kernels for tensors of at least ``COMPILE_MIN_NUMEL`` elements, the foreach path for the rest."""
-    from ._compiled import _compiled_alphaadam
-
-    small = [i for i, n in enumerate(whole_numels) if n < COMPILE_MIN_NUMEL]
-    large = [i for i, n in enumerate(whole_numels) if n >= COMPILE_MIN_NUMEL]
-    buckets: list[StatisticsBucket] = []
-    for indices, func in ((small, _multi_tensor_alphaadam), (large, _compiled_alphaadam)):
-        if not indices:
-            continue
-        sub_reduce = None
-        if reduce_sums is not None:
-            sub_reduce = (lambda sums, at, indices=indices: reduce_sums(sums, [indices[k] for k in at]))
-        sub_buckets = func(*[[values[i] for i in indices] for values in (params, grads, exp_avgs, exp_avg_sqs,
-                                                                          state_steps)],
-                           numels=[numels[i] for i in indices] if numels is not None else None,
-                           reduce_sums=sub_reduce, **options)
-        buckets += [([indices[k] for k in positions], a, r) for positions, a, r in sub_buckets]
-    return buckets
 
 
 def _single_tensor_alphaadam(

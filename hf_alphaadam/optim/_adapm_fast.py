@@ -55,6 +55,7 @@ def _multi_tensor_adapm(
     reduce_sums: SumsReducer | None = None,
     workspace: dict[Any, Tensor] | None = None,
     tensor_threads: int | None = 1,
+    routes: list[str] | None = None,
 ) -> list[StatisticsBucket]:
     """The fast path: AlphaAdam's core for full-momentum Adam tensors (its native C kernel for fp32 CPU tensors, else
     its foreach path), the native kernel or foreach ops for momentum-free Adam tensors, and a per-tensor routine
@@ -63,27 +64,36 @@ def _multi_tensor_adapm(
     full = [i for i, plan in enumerate(plans) if plan.kind == "adam_full"]
     none = [i for i, plan in enumerate(plans) if plan.kind == "adam_none"]
     structured = [i for i, plan in enumerate(plans) if plan.kind == "structured"]
-    if full:
-        full_tensors = ([local(params[i]) for i in full], [local(grads[i]) for i in full],
-                        [local(states[i]["exp_avg"]) for i in full], [local(states[i]["exp_avg_sq"]) for i in full])
-        # AlphaAdam's native kernel where it applies (fp32 CPU), its foreach path elsewhere (never a compilation)
-        native = _native.applies(*full_tensors)
+    if routes is None:  # a direct call: the native kernel where every tensor of a kind fits it
+        routes = [""] * len(plans)
+        for kind, indices in (("adam_full", full), ("adam_none", none)):
+            fits = _native.applies(*[[local(params[i]) for i in indices], [local(grads[i]) for i in indices],
+                                     [local(states[i]["exp_avg_sq"]) for i in indices]])
+            for i in indices:
+                routes[i] = "native" if fits else "foreach"
+    for route in ("native", "foreach"):  # AlphaAdam's core: its native kernel or its foreach path, never compiled
+        at = [i for i in full if routes[i] == route]
+        if not at:
+            continue
         full_buckets = alphaadam(
-            *full_tensors, [states[i]["step"] for i in full], foreach=None if native else True, lr=lr,
-            beta1=beta1, beta2=beta2, eps=eps,
-            weight_decay=weight_decay, mask=mask, alpha=alpha, alpha_max=alpha_max, first_step=first_step,
-            maximize=maximize, numels=numels, reduce_sums=reduce_sums)
+            [local(params[i]) for i in at], [local(grads[i]) for i in at], [local(states[i]["exp_avg"]) for i in at],
+            [local(states[i]["exp_avg_sq"]) for i in at], [states[i]["step"] for i in at], lr=lr, beta1=beta1,
+            beta2=beta2, eps=eps, weight_decay=weight_decay, mask=mask, alpha=alpha, alpha_max=alpha_max,
+            first_step=first_step, maximize=maximize, numels=[numels[full.index(i)] for i in at] if numels else None,
+            reduce_sums=None if reduce_sums is None else (
+                lambda sums, k, at=at: reduce_sums(sums, [full.index(at[j]) for j in k])), route=route)
         for positions, alpha_values, ratio in full_buckets:
-            buckets.append(([full[i] for i in positions], alpha_values.float(), ratio.float()))
-    if none:
-        none_tensors = ([local(params[i]) for i in none], [local(grads[i]) for i in none],
-                        [local(states[i]["exp_avg_sq"]) for i in none], [states[i]["step"] for i in none])
-        momentum_free = _foreach_momentum_free
-        if _native.applies(*none_tensors[:3]):
-            momentum_free = _native.momentum_free_adam
-        momentum_free(*none_tensors, lr=lr, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize)
-        ones = torch.ones(len(none), device=params[none[0]].device)
-        buckets.append((none, ones, ones.clone()))
+            buckets.append(([at[i] for i in positions], alpha_values.float(), ratio.float()))
+    for route in ("native", "foreach"):
+        at = [i for i in none if routes[i] == route]
+        if not at:
+            continue
+        momentum_free = _native.momentum_free_adam if route == "native" else _foreach_momentum_free
+        momentum_free([local(params[i]) for i in at], [local(grads[i]) for i in at],
+                      [local(states[i]["exp_avg_sq"]) for i in at], [states[i]["step"] for i in at], lr=lr,
+                      beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize)
+        ones = torch.ones(len(at), device=params[at[0]].device)
+        buckets.append((at, ones, ones.clone()))
     if structured:
         threads = _tensor_threads.resolve_threads(tensor_threads, [params[i] for i in structured])
 

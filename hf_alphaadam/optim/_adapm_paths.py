@@ -42,6 +42,7 @@ def adapm(
     reduce_sums: SumsReducer | None = None,
     workspace: dict[Any, Tensor] | None = None,
     tensor_threads: int | None = 1,
+    routes: list[str] | None = None,
 ) -> list[StatisticsBucket]:
     """Functional AdaPM step (updates ``params`` and the state dicts in place).
 
@@ -51,17 +52,18 @@ def adapm(
     ``(positions, alpha, mask_ratio)`` statistics buckets. ``workspace``: a dict the fast path may keep reusable
     CPU scratch buffers in between calls (one per optimizer; not state, never saved). ``tensor_threads``: worker
     threads for the fast path's low-rank / compact tensors (:class:`AdaPM`; ``None``: automatic, ``1``: serial).
+    ``routes``: each element-wise tensor's path in the fast path (``"native"`` or ``"foreach"``, as the optimizer's
+    plans record them; ``None``: the native kernel where every tensor of a kind fits it).
     """
-    if foreach is None:
-        foreach = True
-    if foreach:
-        from ._adapm_fast import _multi_tensor_adapm as func
-    else:
-        func = _single_tensor_adapm
-    return func(params, grads, states, plans, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                mask=mask, alpha=alpha, alpha_max=alpha_max, first_step=first_step, residual=residual,
-                residual_clip=residual_clip, refit_iters=refit_iters, maximize=maximize, numels=numels,
-                reduce_sums=reduce_sums, workspace=workspace, tensor_threads=tensor_threads)
+    options = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, mask=mask, alpha=alpha,
+                   alpha_max=alpha_max, first_step=first_step, residual=residual, residual_clip=residual_clip,
+                   refit_iters=refit_iters, maximize=maximize, numels=numels, reduce_sums=reduce_sums,
+                   workspace=workspace, tensor_threads=tensor_threads)
+    if foreach is False:
+        return _single_tensor_adapm(params, grads, states, plans, **options)
+    from ._adapm_fast import _multi_tensor_adapm
+
+    return _multi_tensor_adapm(params, grads, states, plans, routes=routes, **options)
 
 
 def _canonical(tensor: Tensor, plan: MomentumPlan) -> Tensor:

@@ -26,11 +26,14 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import _get_scalar_dtype
 
-from . import _precision
+from . import _native, _precision
 from ._masking import validate_mask_options
 from ._plans import Slot, TensorPlan, build_plans, plans_current
+
+# the options a tensor's route depends on (``_adam_engine.route_for``)
+ROUTE_OPTIONS = ("foreach", "fused", "state_dtype", "bf16_update")
 from ._resume import prepare_load, record_writer
-from ._sharding import SumsReducer, dtensor_sums_reducer, partition_sums_reducer
+from ._sharding import SumsReducer, dtensor_sums_reducer, local, partition_sums_reducer
 from ._state import resolve_state_dtype, restore_saved_dtypes, state_dtype_for
 from ._statistics import StatisticsMixin
 from ._validation import Expected
@@ -83,6 +86,17 @@ def check_dense_grad(optimizer: Optimizer, grad: Tensor) -> None:
         raise ValueError(f"{type(optimizer).__name__} does not support sparse gradients (the sign mask and the "
                          "moments need every coordinate); use a dense embedding (sparse=False) "
                          "or torch.optim.SparseAdam for that parameter")
+
+
+def native_fits(param: Tensor, group: dict[str, Any], eight_bit: bool) -> bool:
+    """Whether the native kernel can take the tensor's math: fp32 CPU values and gradients -- an fp32 parameter, or
+    an fp16 one whose fp32 master gets an fp32 copy of the gradient (``bf16_update``; a bf16 gradient stays bf16) --
+    with fp32 moments (8-bit moments are dequantized to fp32)."""
+    tensor = local(param)
+    master = tensor.dtype == torch.float16 and group.get("bf16_update", "plain") != "plain"
+    if tensor.device.type != "cpu" or not (tensor.dtype == torch.float32 or master) or tensor.is_sparse:
+        return False
+    return eight_bit or state_dtype_for(param, resolve_state_dtype(group["state_dtype"])) == torch.float32
 
 
 def dtype_name(state_dtype: torch.dtype | str | None) -> str | None:
@@ -159,6 +173,11 @@ class MaskedAdamBase(StatisticsMixin, Optimizer):
         """What the optimizer's math needs to know of one tensor, from its whole shape and name (default none)."""
         return None
 
+    def _plan_route(self, group: dict[str, Any], param: Tensor, numel: int, group_numel: int, detail: Any,
+                    eight_bit: bool) -> str:
+        """The path of the tensor's math (``_adam_engine.route_for`` for an element-wise Adam tensor)."""
+        raise NotImplementedError
+
     def _check_plan(self, group: dict[str, Any], plan: TensorPlan, param: Tensor) -> None:
         """Hook: refuse a tensor whose layout the optimizer's math cannot take (whenever plans are built)."""
 
@@ -178,7 +197,8 @@ class MaskedAdamBase(StatisticsMixin, Optimizer):
 
     def _plan_options(self, group: dict[str, Any]) -> tuple:
         """The group's values of the options plans depend on (a change rebuilds the plans' details)."""
-        return tuple(group.get(key) for key in (*self.LAYOUT_OPTIONS, *_precision.PLAN_OPTIONS))
+        return (*(group.get(key) for key in (*self.LAYOUT_OPTIONS, *_precision.PLAN_OPTIONS, *ROUTE_OPTIONS)),
+                _native.enabled())
 
     def _plans(self, group: dict[str, Any], group_index: int) -> list[TensorPlan]:
         options, plans = self._plan_cache.get(id(group), (None, None))

@@ -8,6 +8,8 @@ A :class:`TensorPlan` holds, for one parameter of a group:
   partition of one tensor, a group with ``whole_numel``);
 - whether ``state_bits=8`` keeps its full-size moments in 8 bits (decided from the whole tensor, so that every
   rank decides alike);
+- its route: the path its math takes (``_adam_engine.route_for``: ``"native"``, ``"compiled"``, ``"foreach"`` or
+  ``"reference"``; AdaPM's low-rank / compact tensors ``"structured"``, AdaDiag's rotated ones ``"batched"``);
 - the optimizer's own detail: AdaPM's momentum plan (``_policy.MomentumPlan``), AdaDiag's rotation sides, nothing
   for AlphaAdam.
 
@@ -43,8 +45,11 @@ class TensorPlan:
     numel: int
     layout: str
     eight_bit: bool
+    route: str
     detail: Any
-    tensor_id: int  # id() of the tensor the plan was built for: another tensor in its place rebuilds the plans
+    # the tensor the plan was built for (id, dtype, device): another tensor in its place, or this one moved or cast,
+    # rebuilds the plans
+    tensor_key: tuple
 
     @property
     def sharded(self) -> bool:
@@ -69,10 +74,14 @@ def whole_shape(param: Tensor) -> tuple[int, ...]:
     return tuple(shape) if shape is not None else tuple(param.shape)
 
 
+def tensor_key(param: Tensor) -> tuple:
+    return id(param), param.dtype, param.device
+
+
 def plans_current(plans: list[TensorPlan], group: dict[str, Any]) -> bool:
     """Whether ``plans`` were built for the tensors the group holds now."""
     params = group["params"]
-    return len(plans) == len(params) and all(plan.tensor_id == id(p) for plan, p in zip(plans, params))
+    return len(plans) == len(params) and all(plan.tensor_key == tensor_key(p) for plan, p in zip(plans, params))
 
 
 def build_plans(optimizer: MaskedAdamBase, group: dict[str, Any], group_index: int,
@@ -91,12 +100,15 @@ def build_plans(optimizer: MaskedAdamBase, group: dict[str, Any], group_index: i
         if current != built:
             raise RuntimeError(optimizer._layout_change_message(previous, current))
     names = group.get("param_names")
+    shapes = [previous[k].shape if previous is not None and k < len(previous) else whole_shape(p)
+              for k, p in enumerate(params)]
+    group_numel = int(group["whole_numel"]) if partition else sum(math.prod(shape) for shape in shapes)
     plans = []
     for position, param in enumerate(params):
         name = (str(names[position]) if names is not None and position < len(names)
                 else f"{optimizer.group_name(group, group_index)}.{position}")
         before = previous[position] if previous is not None and position < len(previous) else None
-        shape = before.shape if before is not None else whole_shape(param)
+        shape = shapes[position]
         layout = "partition" if partition else "dtensor" if is_dtensor(param) else "whole"
         numel = int(group["whole_numel"]) if partition else math.prod(shape)
         if before is not None and not rebuild_details:
@@ -105,7 +117,8 @@ def build_plans(optimizer: MaskedAdamBase, group: dict[str, Any], group_index: i
             detail = optimizer._plan_detail(group, group_index, position, name, shape)
         eight_bit = group.get("state_bits", 32) == 8 and quantize_tensor(
             numel, name if names is not None else None, group["min_8bit_size"], group["quantize_embeddings"])
-        plan = TensorPlan(position, name, shape, numel, layout, eight_bit, detail, id(param))
+        route = optimizer._plan_route(group, param, numel, group_numel, detail, eight_bit)
+        plan = TensorPlan(position, name, shape, numel, layout, eight_bit, route, detail, tensor_key(param))
         optimizer._check_plan(group, plan, param)
         plans.append(plan)
     return plans

@@ -254,6 +254,14 @@ class AdaDiag(MaskedAdamBase):
         """The rotation sides ``(left, right)`` of the tensor."""
         return self.rotation_sides(group, position, shape)
 
+    def _plan_route(self, group: dict[str, Any], param: Tensor, numel: int, group_numel: int,
+                    detail: tuple[bool, bool], eight_bit: bool) -> str:
+        """``"reference"`` (``foreach=False``), ``"batched"`` (rotated matrices), else the shared Adam engine's
+        foreach path."""
+        if group["foreach"] is False:
+            return "reference"
+        return "batched" if any(detail) else "foreach"
+
     def _layout_change_message(self, plans: list[TensorPlan], shapes: list[tuple[int, ...]]) -> str:
         rotated = [plan.shape for plan in plans if any(plan.detail)]
         if not rotated:

@@ -56,9 +56,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import _precision, _quantized
+from . import _native, _precision, _quantized
 from ._adapm_paths import adapm
-from ._base import MaskedAdamBase, check_adam_hyperparameters
+from ._base import MaskedAdamBase, check_adam_hyperparameters, native_fits
 from ._masking import validate_mask_options
 from ._plans import Slot, TensorPlan
 from ._policy import (
@@ -265,6 +265,17 @@ class AdaPM(MaskedAdamBase):
             plan = MomentumPlan(name, plan.shape, plan.role, plan.reason, plan.transposed, plan.segments)
         return plan
 
+    def _plan_route(self, group: dict[str, Any], param: Tensor, numel: int, group_numel: int,
+                    detail: MomentumPlan, eight_bit: bool) -> str:
+        """``"reference"`` (``foreach=False``), ``"structured"`` (low-rank / compact tensors), else the native
+        kernel where it fits, or the foreach path (never a compilation)."""
+        if group["foreach"] is False:
+            return "reference"
+        if detail.kind == "structured":
+            return "structured"
+        fits = native_fits(param, group, eight_bit) and _native.enabled() and _native.available()
+        return "native" if fits else "foreach"
+
     def _check_plan(self, group: dict[str, Any], plan: TensorPlan, param: Tensor) -> None:
         if plan.detail.kind == "structured" and plan.sharded:
             raise ValueError(_sharded_error(plan.detail, "a flat ZeRO partition ('whole_numel' group)"
@@ -394,7 +405,8 @@ class AdaPM(MaskedAdamBase):
             eps=group["eps"], weight_decay=group["weight_decay"], mask=group["mask"], alpha=group["alpha"],
             alpha_max=group["alpha_max"], first_step=group["first_step"], residual=group["residual"],
             residual_clip=group["residual_clip"], refit_iters=group["refit_iters"], maximize=group["maximize"],
-            numels=numels, reduce_sums=reduce_sums, workspace=self._workspace, tensor_threads=self.tensor_threads)
+            numels=numels, reduce_sums=reduce_sums, workspace=self._workspace, tensor_threads=self.tensor_threads,
+            routes=[s.plan.route for s in slots])
 
 
 def _sharded_error(plan: MomentumPlan, where: str) -> str:

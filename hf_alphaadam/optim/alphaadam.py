@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 
 from . import _precision, _quantized
-from ._adam_engine import alphaadam
-from ._base import MaskedAdamBase, check_adam_hyperparameters
+from ._adam_engine import ROUTES, alphaadam, route_for
+from ._base import MaskedAdamBase, check_adam_hyperparameters, native_fits
 from ._masking import validate_mask_options
 from ._plans import Slot, TensorPlan
 from ._sharding import local
@@ -162,15 +162,29 @@ class AlphaAdam(MaskedAdamBase):
         state["exp_avg"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
 
+    def _plan_route(self, group: dict[str, Any], param: Tensor, numel: int, group_numel: int, detail: Any,
+                    eight_bit: bool) -> str:
+        return route_for(native_fits=native_fits(param, group, eight_bit), whole_numel=numel,
+                         group_numel=group_numel, foreach=group["foreach"], fused=group["fused"], like=local(param))
+
     def _update(self, group: dict[str, Any], group_index: int, slots: list[Slot]
                 ) -> list[tuple[list[int], Tensor, Tensor]]:
-        numels, reduce_sums = self._sharding(group, [group["params"][s.plan.position] for s in slots])
+        """One engine call per route of the plans (in the engine's order: every rank issues its collectives
+        alike)."""
         beta1, beta2 = group["betas"]
-        return alphaadam(
-            [local(s.param) for s in slots], [local(s.grad) for s in slots],
-            [local(s.state["exp_avg"]) for s in slots], [local(s.state["exp_avg_sq"]) for s in slots],
-            [s.state["step"] for s in slots], foreach=group["foreach"], fused=group["fused"], lr=group["lr"],
-            beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"], mask=group["mask"],
-            alpha=group["alpha"], alpha_max=group["alpha_max"], first_step=group["first_step"],
-            maximize=group["maximize"], numels=numels, reduce_sums=reduce_sums,
-            name_of=lambda k: slots[k].plan.name)
+        buckets = []
+        for route in ROUTES:
+            indices = [k for k, s in enumerate(slots) if s.plan.route == route]
+            if not indices:
+                continue
+            call = [slots[k] for k in indices]
+            numels, reduce_sums = self._sharding(group, [group["params"][s.plan.position] for s in call])
+            results = alphaadam(
+                [local(s.param) for s in call], [local(s.grad) for s in call],
+                [local(s.state["exp_avg"]) for s in call], [local(s.state["exp_avg_sq"]) for s in call],
+                [s.state["step"] for s in call], fused=group["fused"], lr=group["lr"], beta1=beta1, beta2=beta2,
+                eps=group["eps"], weight_decay=group["weight_decay"], mask=group["mask"], alpha=group["alpha"],
+                alpha_max=group["alpha_max"], first_step=group["first_step"], maximize=group["maximize"],
+                numels=numels, reduce_sums=reduce_sums, name_of=lambda k, call=call: call[k].plan.name, route=route)
+            buckets += [([indices[k] for k in positions], a, r) for positions, a, r in results]
+        return buckets
