@@ -1,4 +1,4 @@
-"""Small real-data tasks for optimizer tests (no transformers needed)."""
+"""Small real-data tasks for optimizer tests (no transformers needed), and a one-process device mesh."""
 
 from __future__ import annotations
 
@@ -51,7 +51,49 @@ class CharTask:
         for _ in range(steps):
             yield self.train[torch.randint(0, self.train.shape[0], (batch_size,), generator=generator)]
 
+    def train_and_evaluate(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                           steps: int) -> tuple[float, float]:
+        """The validation loss before and after ``steps`` training steps."""
+        with torch.no_grad():
+            initial = self.loss(model, self.valid).item()
+        for batch in self.batches(steps):
+            optimizer.zero_grad()
+            self.loss(model, batch).backward()
+            optimizer.step()
+        with torch.no_grad():
+            final = self.loss(model, self.valid).item()
+        return initial, final
+
 
 @pytest.fixture(scope="session")
 def char_task() -> CharTask:
     return CharTask()
+
+
+class OneProcessMesh:
+    """DTensor parameters on a 1-process CPU mesh."""
+
+    def __init__(self, tensor_module) -> None:
+        self.tensor_module = tensor_module
+        self.mesh = tensor_module.init_device_mesh("cpu", (1,))
+
+    def parameter(self, value: torch.Tensor, grad: torch.Tensor, sharded: bool = True) -> torch.nn.Parameter:
+        """A DTensor parameter holding ``value``, with gradient ``grad``: sharded on dim 0, or replicated."""
+        placement = [self.tensor_module.Shard(0) if sharded else self.tensor_module.Replicate()]
+        param = torch.nn.Parameter(self.tensor_module.distribute_tensor(value, self.mesh, placement))
+        param.grad = self.tensor_module.distribute_tensor(grad, self.mesh, placement)
+        return param
+
+
+@pytest.fixture
+def single_process_mesh(tmp_path):
+    """A :class:`OneProcessMesh` in a fresh gloo process group, destroyed afterwards."""
+    dist = pytest.importorskip("torch.distributed")
+    tensor_module = pytest.importorskip("torch.distributed.tensor")
+    if not dist.is_available() or dist.is_initialized():
+        pytest.skip("needs a fresh single-process group")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        yield OneProcessMesh(tensor_module)
+    finally:
+        dist.destroy_process_group()

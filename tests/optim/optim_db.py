@@ -16,6 +16,7 @@ ones the per-optimizer test files share; they live here once.
 from __future__ import annotations
 
 import importlib.util
+import io
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ from hf_alphaadam.optim import AdaDiag, AdaPM, AlphaAdam
 # (name, shape): every entry steps these. Names follow Llama / GPT-2 so that AdaPM's name policy and AdaDiag's
 # embedding rule see real names; shapes are odd (tall, wide, square, 3-D, a fused Conv1D ``c_attn`` stored
 # (in, 3 * out)), two matrices share a shape (AdaDiag batches same-shaped matrices), one spans three 256-element
-# blocks (8-bit states quantize per block), 873 elements in all.
+# blocks (8-bit states quantize per block), 933 elements in all.
 MODEL_SPEC = (
     ("model.embed_tokens.weight", (9, 4)),
     ("model.layers.0.self_attn.q_proj.weight", (6, 5)),
@@ -41,7 +42,7 @@ MODEL_SPEC = (
     ("model.layers.1.mlp.down_proj.weight", (4, 9)),
     ("model.layers.1.mlp.up_proj.weight", (17, 31)),
     ("model.layers.0.mlp.gate_proj.weight", (3, 4, 2)),
-    ("transformer.h.0.attn.c_attn.weight", (4, 12)),
+    ("transformer.h.0.attn.c_attn.weight", (6, 18)),
     ("model.layers.0.mlp.up_proj.bias", (7,)),
     ("model.layers.0.input_layernorm.weight", (7,)),
 )
@@ -180,7 +181,8 @@ ALPHAADAM_BAD_ARGS = ADAM_BAD_ARGS + (
     BadArg({"min_8bit_size": -1}, ValueError, "min_8bit_size"),
     BadArg({"min_8bit_size": 1.5}, ValueError, "min_8bit_size"),
     BadArg({"quantize_embeddings": 1}, TypeError, "quantize_embeddings"),
-    *(BadArg({"bf16_update": mode}, ValueError, "bf16_update must be one of") for mode in ("", "fp32", "Kahan", None, 1)),
+    *(BadArg({"bf16_update": mode}, ValueError, "bf16_update must be one of")
+      for mode in ("", "fp32", "Kahan", None, 1)),
 )
 ADAPM_BAD_ARGS = ADAM_BAD_ARGS + (
     BadArg({"rank": 0}, ValueError, "rank must be an integer >= 1"),
@@ -294,7 +296,8 @@ OPTIM_DB: tuple[OptimEntry, ...] = (
                resume_variants=({"second_moment": "adafactor"},)),
     OptimEntry("adadiag_pp", AdaDiag, {"update_freq": 3, "two_sided": True}, STRUCTURED_PATHS, ALL_DTYPES,
                ADADIAG_TOLERANCES, needs_names=False, bad_args=ADADIAG_BAD_ARGS, mask_free=True,
-               variants=ADADIAG_VARIANTS, resume_variants=({"second_moment": "adafactor"},)),
+               variants=ADADIAG_VARIANTS,
+               resume_variants=({"second_moment": "adafactor", "mask": "async", "alpha": "norm"},)),
     # the masked variants of adadiag / adadiag_pp run on the path test; this entry adds names (embeddings stay
     # AdamW), the resume, statistics and grad=None checks with a mask
     OptimEntry("adadiag_masked", AdaDiag, {"update_freq": 3, "mask": "async", "alpha": "norm"}, STRUCTURED_PATHS,
@@ -348,6 +351,26 @@ def run_steps(optimizer: Optimizer, params, steps: int, start: int = 0, none_eve
                 group["lr"] = lr_at(step)
         set_grads(params, random_grads(params, step, none_every))
         optimizer.step()
+
+
+def step_together(pairs, steps: int, none_every: int | None = None, each_step=None) -> None:
+    """Step every ``(optimizer, params)`` pair ``steps`` times on the same :func:`random_grads` (drawn for the
+    first pair's params); ``each_step()``, if given, runs after each step of all of them."""
+    for step in range(steps):
+        grads = random_grads(pairs[0][1], step, none_every)
+        for optimizer, params in pairs:
+            set_grads(params, grads)
+            optimizer.step()
+        if each_step is not None:
+            each_step()
+
+
+def saved_and_loaded(obj: Any) -> Any:
+    """``obj`` through ``torch.save`` and ``torch.load(weights_only=True)``, as a checkpoint travels."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
 
 
 def state_tensors(optimizer: Optimizer) -> dict[int, dict[str, torch.Tensor]]:

@@ -1,15 +1,18 @@
-"""AdaDiag / AdaDiag++ against AdamW, the polar factor, rotation equivariance, and its two code paths."""
+"""AdaDiag / AdaDiag++ against AdamW, the polar factor, rotation equivariance, which tensors rotate, state layout
+and AdaDiag's own refusals. The paths against the reference loop, resume, the generic bad arguments and refusals
+are the table's (``optim_db.py``, ``test_optim_db.py``)."""
 
 from __future__ import annotations
 
 import importlib
-import io
 import itertools
 
 import pytest
 import torch
 
+import optim_db
 from hf_alphaadam import AdaDiag
+from optim_db import random_grads, saved_and_loaded, set_grads, step_together
 adadiag_module = importlib.import_module("hf_alphaadam.optim._adadiag_paths")  # where the paths look the rotations up
 
 SHAPES = ((6, 9), (6, 9), (11, 4), (5, 5), (7,))  # two same-shaped matrices share a batched bucket
@@ -17,28 +20,7 @@ COMBINATIONS = list(itertools.product([False, True], ["rotated", "original"], ["
 
 
 def make_params(dtype=torch.float64, seed=0, shapes=SHAPES):
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype).requires_grad_()
-            for shape in shapes]
-
-
-def random_grads(params, step, none_every=None):
-    """A persistent low-rank drift plus noise (so bases and masks are neither trivial nor random)."""
-    generator = torch.Generator().manual_seed(1000 + step)
-    grads = []
-    for index, param in enumerate(params):
-        if none_every and (step + index) % none_every == 0:
-            grads.append(None)
-            continue
-        drift = torch.linspace(-1, 1, param.numel(), dtype=torch.float64).reshape(param.shape)
-        noise = torch.randn(param.shape, generator=generator, dtype=torch.float64)
-        grads.append((0.5 * drift + noise).to(param.dtype))
-    return grads
-
-
-def set_grads(params, grads):
-    for param, grad in zip(params, grads):
-        param.grad = None if grad is None else grad.clone()
+    return optim_db.make_params(dtype, seed, shapes)
 
 
 def random_orthogonal(n, seed):
@@ -71,14 +53,11 @@ def test_identity_bases_equal_adamw(monkeypatch, foreach, two_sided, moment_spac
                         reproject=True, foreach=foreach, maximize=maximize)
     reference = torch.optim.AdamW(groups(theirs), lr=1e-2, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1,
                                   maximize=maximize)
-    for step in range(20):
-        grads = random_grads(ours, step, none_every=4)
-        set_grads(ours, grads)
-        set_grads(theirs, grads)
-        optimizer.step()
-        reference.step()
+    def same_params():
         for a, b in zip(ours, theirs):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+
+    step_together([(optimizer, ours), (reference, theirs)], 20, none_every=4, each_step=same_params)
     assert "basis_left" in optimizer.state[ours[0]] or "basis_right" in optimizer.state[ours[0]]
     for a, b in zip(ours, theirs):
         for key in ("exp_avg", "exp_avg_sq", "step"):
@@ -90,12 +69,7 @@ def test_rotate_false_is_adamw(foreach):
     ours, theirs = make_params(), make_params()
     optimizer = AdaDiag(ours, lr=1e-2, rotate=False, foreach=foreach)
     reference = torch.optim.AdamW(theirs, lr=1e-2, weight_decay=0.01)
-    for step in range(10):
-        grads = random_grads(ours, step)
-        set_grads(ours, grads)
-        set_grads(theirs, grads)
-        optimizer.step()
-        reference.step()
+    step_together([(optimizer, ours), (reference, theirs)], 10)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
         assert "basis_left" not in optimizer.state[a] and "basis_right" not in optimizer.state[a]
@@ -179,44 +153,6 @@ def test_rotation_equivariance(two_sided, moment_space, second_moment, reproject
 
 
 # ---------------------------------------------------------------------------------------------------------
-# batched path == reference loop
-
-
-TOLERANCES = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-5, 1e-5), torch.bfloat16: (0, 1e-2)}
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("two_sided,moment_space,second_moment", COMBINATIONS)
-@pytest.mark.parametrize("variant", ["plain", "masked"])
-def test_batched_path_matches_reference(dtype, two_sided, moment_space, second_moment, variant):
-    if variant == "plain":
-        extra = dict(mask="none", alpha="none", reproject=False)
-    else:  # reproject, async mask with the count alpha clamped, the larger side forced (exact-zero rows)
-        extra = dict(mask="async", alpha="count", alpha_max=3.0, reproject=True, side="left")
-    options = dict(lr=1e-2, weight_decay=0.05, update_freq=3, two_sided=two_sided, moment_space=moment_space,
-                   second_moment=second_moment, **extra)
-    loop_params, fast_params = make_params(dtype), make_params(dtype)
-    build = lambda ps, foreach: AdaDiag([{"params": ps[:3]}, {"params": ps[3:], "weight_decay": 0.0}],  # noqa: E731
-                                        foreach=foreach, **options)
-    loop, fast = build(loop_params, False), build(fast_params, True)
-    rtol, atol = TOLERANCES[dtype]
-    for step in range(10):
-        grads = random_grads(loop_params, step, none_every=3)  # tensors out of step: partial refreshes
-        set_grads(loop_params, grads)
-        set_grads(fast_params, grads)
-        loop.step()
-        fast.step()
-    for a, b in zip(loop_params, fast_params):
-        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
-        assert loop.state[a].keys() == fast.state[b].keys()
-        for key, value in loop.state[a].items():
-            assert value.dtype == fast.state[b][key].dtype, key
-            torch.testing.assert_close(value, fast.state[b][key], rtol=max(rtol, 1e-5), atol=1e-5)
-    for name, values in loop.statistics(True)["tensors"].items():
-        assert fast.statistics(True)["tensors"][name] == pytest.approx(values, rel=1e-4)
-
-
-# ---------------------------------------------------------------------------------------------------------
 # which tensors are rotated, state layout, dtypes
 
 
@@ -293,57 +229,12 @@ def test_options_cannot_change_once_state_exists():
 # checkpoints
 
 
-@pytest.mark.parametrize("foreach", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("two_sided,second_moment", [(False, "adam"), (True, "adafactor")])
-def test_state_dict_round_trip_resumes_bit_exactly_across_a_refresh(foreach, dtype, two_sided, second_moment):
-    def build(params):
-        return AdaDiag([{"params": params[:3], "name": "decay"}, {"params": params[3:], "weight_decay": 0.0}],
-                       lr=1e-2, update_freq=4, two_sided=two_sided, second_moment=second_moment, mask="async",
-                       alpha="norm", foreach=foreach)
-
-    straight_params = make_params(dtype)
-    straight = build(straight_params)
-    for step in range(12):
-        set_grads(straight_params, random_grads(straight_params, step))
-        straight.step()
-
-    params = make_params(dtype)
-    first = build(params)
-    for step in range(6):  # refreshes at steps 1 and 5; the next one (9) happens after the resume
-        set_grads(params, random_grads(params, step))
-        first.step()
-    buffer = io.BytesIO()
-    torch.save({"optimizer": first.state_dict(), "params": [p.detach() for p in params]}, buffer)
-    buffer.seek(0)
-    checkpoint = torch.load(buffer, weights_only=True)
-
-    resumed_params = [p.clone().requires_grad_() for p in checkpoint["params"]]
-    resumed = build(resumed_params)
-    resumed.load_state_dict(checkpoint["optimizer"])
-    for param, saved in zip(resumed_params, params):
-        assert resumed.state[param].keys() == first.state[saved].keys()
-        for key, value in resumed.state[param].items():
-            assert value.dtype == first.state[saved][key].dtype, key
-    for step in range(6, 12):
-        set_grads(resumed_params, random_grads(resumed_params, step))
-        resumed.step()
-    for a, b in zip(straight_params, resumed_params):
-        assert torch.equal(a, b)
-        for key, value in straight.state[a].items():
-            assert torch.equal(value, resumed.state[b][key]), key
-    assert resumed.param_groups[0]["name"] == "decay"
-
-
 def test_state_dict_holds_only_tensors_and_plain_values():
     params = make_params(torch.bfloat16)
     optimizer = AdaDiag(list(zip("abcde", params)), rotate="a|b|c", state_dtype=torch.bfloat16, max_dim=None)
     set_grads(params, random_grads(params, 0))
     optimizer.step()
-    buffer = io.BytesIO()
-    torch.save(optimizer.state_dict(), buffer)
-    buffer.seek(0)
-    loaded = torch.load(buffer, weights_only=True)
+    loaded = saved_and_loaded(optimizer.state_dict())
     group = loaded["param_groups"][0]
     assert group["state_dtype"] == "bfloat16" and group["rotate"] == "a|b|c" and group["update_freq"] == 10
 
@@ -352,51 +243,11 @@ def test_state_dict_holds_only_tensors_and_plain_values():
 # bad input, distributed refusals
 
 
-@pytest.mark.parametrize("kwargs,error,fragment", [
-    (dict(update_freq=0), ValueError, "update_freq must be an integer >= 1"),
-    (dict(update_freq=2.5), TypeError, "update_freq"),
-    (dict(update_freq=True), TypeError, "update_freq"),
-    (dict(moment_space="both"), ValueError, "moment_space must be one of ('rotated', 'original')"),
-    (dict(second_moment="lion"), ValueError, "second_moment must be one of ('adam', 'adafactor')"),
-    (dict(side="top"), ValueError, "side must be one of"),
-    (dict(two_sided="yes"), TypeError, "two_sided must be a bool"),
-    (dict(reproject=1), TypeError, "reproject must be a bool"),
-    (dict(rotate=3), TypeError, "rotate must be"),
-    (dict(rotate="(unclosed"), ValueError, "not a valid regular expression"),
-    (dict(rotate="q_proj"), ValueError, "no names"),
-    (dict(max_dim=0), ValueError, "max_dim"),
-    (dict(mask="later"), ValueError, "mask must be one of"),
-    (dict(alpha="max"), ValueError, "alpha must be one of"),
-    (dict(alpha_max=0.5), ValueError, "alpha_max must be >= 1"),
-    (dict(lr=-1.0), ValueError, "lr"),
-    (dict(betas=(1.0, 0.9)), ValueError, "betas[0]"),
-    (dict(eps=0.0), ValueError, "eps"),
-    (dict(weight_decay=-1.0), ValueError, "weight_decay"),
-    (dict(state_dtype="int8"), ValueError, "state_dtype"),
-    (dict(foreach="yes"), TypeError, "foreach"),
-])
-def test_bad_arguments_raise_clear_errors(kwargs, error, fragment):
-    with pytest.raises(error) as info:
-        AdaDiag(make_params(), **kwargs)
-    assert fragment in str(info.value)
-
-
-def test_bad_group_override_is_rejected():
-    params = make_params()
-    with pytest.raises(ValueError, match="update_freq"):
-        AdaDiag([{"params": params[:1]}, {"params": params[1:], "update_freq": -3}])
-
-
-def test_empty_complex_and_sparse_are_rejected():
-    with pytest.raises(ValueError, match="empty parameter list"):
-        AdaDiag([])
-    with pytest.raises(TypeError, match="complex parameters"):
-        AdaDiag([torch.zeros(3, 3, dtype=torch.complex64, requires_grad=True)])
-    embedding = torch.nn.Embedding(10, 4, sparse=True)
-    optimizer = AdaDiag(embedding.parameters())
-    embedding(torch.tensor([1, 2])).sum().backward()
-    with pytest.raises(ValueError, match="sparse gradients"):
-        optimizer.step()
+def test_rotate_regex_needs_names():
+    """The generic bad arguments are the table's (optim_db.ADADIAG_BAD_ARGS); this one needs unnamed tensors."""
+    with pytest.raises(ValueError) as info:
+        AdaDiag(make_params(), rotate="q_proj")
+    assert "no names" in str(info.value)
 
 
 def test_flat_zero_partition_of_a_rotated_matrix_is_refused():
@@ -415,58 +266,27 @@ def test_flat_zero_partition_of_a_rotated_matrix_is_refused():
         optimizer.step()
 
 
-def test_sharded_dtensor_matrix_is_refused(tmp_path):
-    dist = pytest.importorskip("torch.distributed")
-    tensor_module = pytest.importorskip("torch.distributed.tensor")
-    if not dist.is_available() or dist.is_initialized():
-        pytest.skip("needs a fresh single-process group")
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        mesh = tensor_module.init_device_mesh("cpu", (1,))
-        weight = torch.nn.Parameter(tensor_module.distribute_tensor(torch.randn(4, 6), mesh, [tensor_module.Shard(0)]))
-        weight.grad = tensor_module.distribute_tensor(torch.randn(4, 6), mesh, [tensor_module.Shard(0)])
-        with pytest.raises(NotImplementedError, match="needs the whole matrix"):
-            AdaDiag([weight]).step()
-        replicated = torch.nn.Parameter(tensor_module.distribute_tensor(torch.randn(4, 6), mesh,
-                                                                        [tensor_module.Replicate()]))
-        replicated.grad = tensor_module.distribute_tensor(torch.randn(4, 6), mesh, [tensor_module.Replicate()])
-        before = replicated.detach().full_tensor().clone()
-        AdaDiag([replicated], lr=1e-2).step()  # whole on every rank: rotated as usual
-        assert not torch.equal(before, replicated.detach().full_tensor())
-        sharded_vector = torch.nn.Parameter(tensor_module.distribute_tensor(torch.randn(6), mesh,
-                                                                            [tensor_module.Shard(0)]))
-        sharded_vector.grad = tensor_module.distribute_tensor(torch.ones(6), mesh, [tensor_module.Shard(0)])
-        AdaDiag([sharded_vector], lr=1e-2, mask="async", alpha="norm").step()  # AdamW part: fine sharded
-    finally:
-        dist.destroy_process_group()
+def test_sharded_dtensor_matrix_is_refused(single_process_mesh):
+    weight = single_process_mesh.parameter(torch.randn(4, 6), torch.randn(4, 6))
+    with pytest.raises(NotImplementedError, match="needs the whole matrix"):
+        AdaDiag([weight]).step()
+    replicated = single_process_mesh.parameter(torch.randn(4, 6), torch.randn(4, 6), sharded=False)
+    before = replicated.detach().full_tensor().clone()
+    AdaDiag([replicated], lr=1e-2).step()  # whole on every rank: rotated as usual
+    assert not torch.equal(before, replicated.detach().full_tensor())
+    sharded_vector = single_process_mesh.parameter(torch.randn(6), torch.ones(6))
+    AdaDiag([sharded_vector], lr=1e-2, mask="async", alpha="norm").step()  # AdamW part: fine sharded
 
 
 # ---------------------------------------------------------------------------------------------------------
 # statistics and training on real data
 
 
-def test_statistics_without_mask_are_ones_and_named():
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
-    optimizer = AdaDiag(model.named_parameters(), two_sided=True)
-    model(torch.randn(16, 4)).square().mean().backward()
-    optimizer.step()
-    stats = optimizer.statistics(per_tensor=True)
-    assert set(stats["tensors"]) == {"0.weight", "0.bias", "1.weight", "1.bias"}
-    assert all(v == {"alpha": 1.0, "mask_ratio": 1.0} for v in stats["tensors"].values())
-
-
 def test_training_reduces_loss(char_task):
     model = char_task.model(seed=0)
     optimizer = AdaDiag(model.named_parameters(), lr=3e-3, two_sided=True, moment_space="original",
                         second_moment="adafactor", mask="async", alpha="norm")
-    with torch.no_grad():
-        initial = char_task.loss(model, char_task.valid).item()
-    for batch in char_task.batches(120):
-        optimizer.zero_grad()
-        char_task.loss(model, batch).backward()
-        optimizer.step()
-    with torch.no_grad():
-        final = char_task.loss(model, char_task.valid).item()
+    initial, final = char_task.train_and_evaluate(model, optimizer, 120)
     assert final < initial - 1.0, (initial, final)
     assert final < 3.0  # a uniform guess over the ~60 characters would be ~4.1 nats
 

@@ -1,9 +1,10 @@
-"""AdaPM-style partial momentum: AdamW at full rank, the name policy, memory, training, resume, errors, paths."""
+"""AdaPM-style partial momentum: AdamW at full rank, the formula, the name policy, memory, training, layout and
+AdaPM's own errors. The paths against the reference loop, resume, the generic bad arguments and refusals are the
+table's (``optim_db.py``, ``test_optim_db.py``)."""
 
 from __future__ import annotations
 
 import importlib
-import io
 import logging
 from pathlib import Path
 
@@ -12,33 +13,9 @@ import torch
 
 from hf_alphaadam import AdaPM
 from hf_alphaadam.optim.adapm import compare_with_adamw, optimizer_state_memory
+from optim_db import named_params, random_grads, run_steps, set_grads, step_together
 
 transformers = pytest.importorskip("transformers")
-
-
-def named_params(spec, dtype=torch.float64, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return [(name, torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype).requires_grad_())
-            for name, shape in spec]
-
-
-def random_grads(params, step, none_every=None):
-    """A persistent direction plus noise, so masks are neither empty nor full and momentum matters."""
-    generator = torch.Generator().manual_seed(1000 + step)
-    grads = []
-    for index, param in enumerate(params):
-        if none_every and (step + index) % none_every == 0:
-            grads.append(None)
-            continue
-        drift = torch.linspace(-1, 1, param.numel(), dtype=torch.float64).reshape(param.shape)
-        noise = torch.randn(param.shape, generator=generator, dtype=torch.float64)
-        grads.append((0.5 * drift + noise).to(param.dtype))
-    return grads
-
-
-def set_grads(params, grads):
-    for param, grad in zip(params, grads):
-        param.grad = None if grad is None else grad.clone()
 
 
 # tall, wide and square low-rank blocks, a fused GPT-2 c_attn (Conv1D, (in, 3 d)), value (full) and a vector
@@ -68,12 +45,7 @@ def test_full_rank_equals_adamw(foreach, residual, maximize):
     assert kinds[:4] == ["lowrank(r=5)", "lowrank(r=4)", "lowrank(r=7)", "q:lowrank(r=4) k:lowrank(r=4) v:full"]
     reference = torch.optim.AdamW(theirs, lr=1e-2, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1, maximize=maximize)
     params = [p for _, p in ours]
-    for step in range(12):
-        grads = random_grads(params, step, none_every=5)
-        set_grads(params, grads)
-        set_grads(theirs, grads)
-        optimizer.step()
-        reference.step()
+    step_together([(optimizer, params), (reference, theirs)], 12, none_every=5)
     for a, b in zip(params, theirs):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
     # the low-rank momentum reconstructs AdamW's exp_avg
@@ -320,14 +292,7 @@ def test_trains_char_task(char_task):
     optimizer = AdaPM(model.named_parameters(), lr=3e-3, rank=8, lowrank_modules=r"^2\.weight$",
                       none_modules=r"^0\.weight$", second_moment="mini", mask="async", alpha="norm")
     assert policy(optimizer)["2.weight"] == "lowrank(r=8)"
-    with torch.no_grad():
-        start = char_task.loss(model, char_task.valid).item()
-    for batch in char_task.batches(100):
-        optimizer.zero_grad()
-        char_task.loss(model, batch).backward()
-        optimizer.step()
-    with torch.no_grad():
-        end = char_task.loss(model, char_task.valid).item()
+    start, end = char_task.train_and_evaluate(model, optimizer, 100)
     assert end < start - 0.6, (start, end)
 
 
@@ -363,83 +328,31 @@ def test_trains_tiny_llama():
 
 
 def _run(optimizer, params, steps, start=0):
-    for step in range(start, start + steps):
-        set_grads(params, random_grads(params, step, none_every=6))
-        optimizer.step()
+    run_steps(optimizer, params, steps, start, none_every=6, schedule=False)
 
 
-OPTIONS = dict(rank=2, lr=1e-2, mask="async", alpha="norm", second_moment="mini", head_dim=2)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_resume_bit_exact(dtype):
-    spec = EQUIVALENCE_SPEC + [("layers.0.self_attn.o_proj.weight", (5, 4))]
-    a = named_params(spec, dtype=dtype)
-    optimizer = AdaPM(a, **OPTIONS)
-    _run(optimizer, [p for _, p in a], 5)
-    buffer = io.BytesIO()
-    torch.save({"optimizer": optimizer.state_dict(), "params": [p.detach() for _, p in a]}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    _run(optimizer, [p for _, p in a], 5, start=5)
-
-    b = named_params(spec, dtype=dtype, seed=1)
-    with torch.no_grad():
-        for (_, p), q in zip(b, saved["params"]):
-            p.copy_(q)
-    resumed = AdaPM(b, **OPTIONS)
-    resumed.load_state_dict(saved["optimizer"])
-    assert resumed.state[b[0][1]]["lowrank_left"].dtype == torch.float32  # fp32 state kept for bf16 params
-    _run(resumed, [p for _, p in b], 5, start=5)
-    for (_, p), (_, q) in zip(a, b):
-        assert torch.equal(p, q)
-    for (_, p), (_, q) in zip(a, b):
-        for key, value in optimizer.state[p].items():
-            assert torch.equal(value, resumed.state[q][key]), key
-
-
-def step_both(first, second, first_params, second_params, steps: int, none_every: int = 5) -> None:
-    """Step two optimizers over copies of the same named parameters on the same gradients."""
-    for step in range(steps):
-        grads = random_grads([p for _, p in first_params], step, none_every=none_every)
-        set_grads([p for _, p in first_params], grads)
-        set_grads([p for _, p in second_params], grads)
-        first.step()
-        second.step()
+def test_bf16_params_keep_fp32_state_by_default():
+    """The factors and moments of bf16 parameters are fp32 unless ``state_dtype`` says otherwise (the table checks
+    that a resume keeps whatever dtype was saved)."""
+    named = named_params(EQUIVALENCE_SPEC, dtype=torch.bfloat16)
+    optimizer = AdaPM(named, rank=2, second_moment="mini", head_dim=2, log_policy=False)
+    set_grads([p for _, p in named], random_grads([p for _, p in named], 0))
+    optimizer.step()
+    first = optimizer.state[named[0][1]]
+    assert {key: first[key].dtype for key in ("lowrank_left", "lowrank_right", "exp_avg_sq")} == dict.fromkeys(
+        ("lowrank_left", "lowrank_right", "exp_avg_sq"), torch.float32)
 
 
 def _step_both_and_compare(reference, fast, ref_params, fast_params, dtype, steps: int) -> None:
     """Step the reference loop and the fast path on the same gradients; parameters and every state entry agree
     (fp64: to 1e-10; bf16: to its rounding)."""
     rtol, atol = (1e-10, 1e-12) if dtype == torch.float64 else (0, 1e-2)
-    step_both(reference, fast, ref_params, fast_params, steps)
+    step_together([(reference, [p for _, p in ref_params]), (fast, [p for _, p in fast_params])], steps, none_every=5)
     for (_, a), (_, b) in zip(ref_params, fast_params):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
         for key, value in reference.state[a].items():
             torch.testing.assert_close(value, fast.state[b][key], rtol=max(rtol, 1e-4 if dtype != torch.float64 else 0),
                                        atol=max(atol, 1e-5 if dtype != torch.float64 else 0), msg=key)
-
-
-@pytest.mark.parametrize("options", [
-    dict(mask="async", alpha="norm"),
-    dict(mask="sync", alpha="count", second_moment="mini", head_dim=2),
-    dict(mask="none", alpha="none", residual="clip", residual_clip=0.3, refit_iters=2),
-    dict(mask="async", alpha="norm", alpha_max=1.5, residual="none", weight_decay=0.0, maximize=True),
-])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_reference_equals_fast_path(options, dtype):
-    spec = EQUIVALENCE_SPEC + [("layers.0.self_attn.o_proj.weight", (5, 4)), ("embed_tokens.weight", (9, 4)),
-                               ("mlp.gate_proj.weight", (3, 4, 2))]
-    ref_params, fast_params = named_params(spec, dtype=dtype), named_params(spec, dtype=dtype)
-    kwargs = dict(rank=2, lr=1e-2, lowrank_modules=r"gate_proj", **options)
-    reference = AdaPM(ref_params, foreach=False, **kwargs)
-    fast = AdaPM(fast_params, foreach=True, **kwargs)
-    _step_both_and_compare(reference, fast, ref_params, fast_params, dtype, steps=8)
-    ref_stats = reference.statistics(per_tensor=True)["tensors"]
-    fast_stats = fast.statistics(per_tensor=True)["tensors"]
-    assert ref_stats.keys() == fast_stats.keys()
-    for name in ref_stats:
-        assert ref_stats[name]["alpha"] == pytest.approx(fast_stats[name]["alpha"], rel=1e-3)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -450,25 +363,9 @@ def good():
     return [("mlp.up_proj.weight", torch.nn.Parameter(torch.randn(8, 12)))]
 
 
+# AdaPM's bad arguments that need this model's names; the rest are the table's (optim_db.ADAPM_BAD_ARGS)
 BAD_INPUTS = [
-    (dict(rank=0), ValueError, "rank must be an integer >= 1"),
-    (dict(rank=2.5), TypeError, "rank must be an integer"),
-    (dict(second_moment="adafactor"), ValueError, r"second_moment must be one of \('adam', 'mini'\)"),
-    (dict(lm_head="low"), ValueError, r"lm_head must be one of \('none', 'full', 'lowrank'\)"),
-    (dict(other="half"), ValueError, "other must be one of"),
-    (dict(policy="fancy"), ValueError, r"policy must be one of \('auto', 'none', 'full', 'lowrank'\)"),
-    (dict(residual="fira"), ValueError, "residual must be one of"),
-    (dict(residual_clip=0.0), ValueError, "residual_clip must be"),
-    (dict(refit_iters=-1), ValueError, "refit_iters must be"),
-    (dict(head_dim=0), ValueError, "head_dim must be"),
     (dict(none_modules="q_proj"), ValueError, "none_modules='q_proj' matches no parameter name"),
-    (dict(lowrank_modules="("), ValueError, "not a valid regular expression"),
-    (dict(full_modules=3), TypeError, "full_modules must be a regex"),
-    (dict(mask="always"), ValueError, "mask must be one of"),
-    (dict(alpha_max=0.5), ValueError, "alpha_max must be >= 1"),
-    (dict(lr=-1.0), ValueError, "lr must be"),
-    (dict(betas=(0.9, 1.0)), ValueError, r"betas\[1\]"),
-    (dict(state_dtype="int8"), ValueError, "state_dtype must be"),
     (dict(second_moment="mini", head_dim=3, lowrank_modules="up_proj"), None, None),
 ]
 
@@ -482,18 +379,9 @@ def test_bad_inputs(kwargs, error, message):
         AdaPM(good(), **kwargs)
 
 
-def test_bad_params():
-    with pytest.raises(ValueError, match="empty parameter list"):
-        AdaPM([])
-    with pytest.raises(TypeError, match="complex"):
-        AdaPM([("w", torch.nn.Parameter(torch.randn(3, 3, dtype=torch.complex64)))])
+def test_head_dim_must_divide_the_query_rows():
     with pytest.raises(ValueError, match="head_dim=3 does not divide"):
         AdaPM([("self_attn.q_proj.weight", torch.nn.Parameter(torch.randn(8, 4)))], second_moment="mini", head_dim=3)
-    embedding = torch.nn.Embedding(10, 4, sparse=True)
-    optimizer = AdaPM([("embed_tokens.weight", embedding.weight)])
-    embedding(torch.tensor([1, 2])).sum().backward()
-    with pytest.raises(ValueError, match="sparse gradients"):
-        optimizer.step()
 
 
 def test_resume_with_other_rank_is_refused():

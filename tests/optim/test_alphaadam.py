@@ -1,8 +1,9 @@
-"""AlphaAdam against the formula, against torch.optim.AdamW, and its two code paths against each other."""
+"""AlphaAdam against the formula and against torch.optim.AdamW; its rules for empty masks, the first step and
+statistics. The paths against the reference loop, resume, bad arguments and refusals are the table's
+(``optim_db.py``, ``test_optim_db.py``)."""
 
 from __future__ import annotations
 
-import io
 import itertools
 import math
 
@@ -10,35 +11,9 @@ import pytest
 import torch
 
 from hf_alphaadam import AlphaAdam
+from optim_db import make_params, random_grads, saved_and_loaded, set_grads, step_together
 
 MODES = list(itertools.product(["async", "sync", "none"], ["norm", "count", "none"]))
-# per-dtype tolerances for foreach vs reference (the paths round differently, e.g. m / (bc1*d) vs (m/bc1) / d)
-TOLERANCES = {torch.float64: (1e-12, 1e-10), torch.float32: (1e-6, 1e-5), torch.bfloat16: (0, 1e-2)}
-
-
-def make_params(dtype=torch.float64, seed=0, shapes=((6, 5), (7,), (3, 4, 2))):
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype).requires_grad_()
-            for shape in shapes]
-
-
-def random_grads(params, step, none_every=None):
-    """Gradients with a persistent direction plus noise, so that masks are neither empty nor full."""
-    generator = torch.Generator().manual_seed(1000 + step)
-    grads = []
-    for index, param in enumerate(params):
-        if none_every and (step + index) % none_every == 0:
-            grads.append(None)
-            continue
-        drift = torch.linspace(-1, 1, param.numel(), dtype=torch.float64).reshape(param.shape)
-        noise = torch.randn(param.shape, generator=generator, dtype=torch.float64)
-        grads.append((0.5 * drift + noise).to(param.dtype))
-    return grads
-
-
-def set_grads(params, grads):
-    for param, grad in zip(params, grads):
-        param.grad = None if grad is None else grad.clone()
 
 
 def adam_direction(state, beta1, beta2, eps):
@@ -62,14 +37,11 @@ def test_no_mask_no_alpha_equals_adamw(foreach, maximize, weight_decay):
                           mask="none", alpha="none", foreach=foreach, maximize=maximize)
     reference = torch.optim.AdamW(groups(theirs), lr=1e-2, betas=(0.8, 0.95), eps=1e-6,
                                   weight_decay=weight_decay, amsgrad=False, maximize=maximize)
-    for step in range(25):
-        grads = random_grads(ours, step, none_every=4)
-        set_grads(ours, grads)
-        set_grads(theirs, grads)
-        optimizer.step()
-        reference.step()
+    def same_params():
         for a, b in zip(ours, theirs):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+
+    step_together([(optimizer, ours), (reference, theirs)], 25, none_every=4, each_step=same_params)
     for a, b in zip(ours, theirs):
         for key in ("exp_avg", "exp_avg_sq", "step"):
             torch.testing.assert_close(optimizer.state[a][key], reference.state[b][key], rtol=1e-12, atol=1e-14)
@@ -188,37 +160,6 @@ def test_all_aligned_alphaadam_equals_adamw():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# foreach path == reference loop
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("mask,alpha", MODES)
-def test_foreach_matches_reference_on_params_and_state(dtype, mask, alpha):
-    loop_params, foreach_params = make_params(dtype), make_params(dtype)
-    options = dict(lr=1e-2, weight_decay=0.05, mask=mask, alpha=alpha, alpha_max=3.0 if alpha == "count" else None)
-    loop = AlphaAdam([{"params": loop_params[:2]}, {"params": loop_params[2:], "weight_decay": 0.0}],
-                     foreach=False, **options)
-    fast = AlphaAdam([{"params": foreach_params[:2]}, {"params": foreach_params[2:], "weight_decay": 0.0}],
-                     foreach=True, **options)
-    rtol, atol = TOLERANCES[dtype]
-    for step in range(15):
-        grads = random_grads(loop_params, step, none_every=3)
-        set_grads(loop_params, grads)
-        set_grads(foreach_params, grads)
-        loop.step()
-        fast.step()
-    for a, b in zip(loop_params, foreach_params):
-        torch.testing.assert_close(a, b, rtol=rtol, atol=atol or 1e-2)
-        for key in ("exp_avg", "exp_avg_sq", "step"):
-            sa, sb = loop.state[a][key], fast.state[b][key]
-            assert sa.dtype == sb.dtype
-            torch.testing.assert_close(sa, sb, rtol=max(rtol, 1e-6), atol=1e-9)
-    assert loop.statistics(True)["tensors"].keys() == fast.statistics(True)["tensors"].keys()
-    for name, values in loop.statistics(True)["tensors"].items():
-        assert fast.statistics(True)["tensors"][name] == pytest.approx(values, rel=1e-4)
-
-
-# ---------------------------------------------------------------------------------------------------------
 # precision and state
 
 
@@ -233,81 +174,17 @@ def test_bf16_params_keep_fp32_states_by_default_and_bf16_on_request():
     assert compact.state[params[1]]["exp_avg_sq"].dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("foreach", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_state_dict_round_trip_resumes_bit_exactly_and_keeps_dtypes(foreach, dtype):
-    def build(params):
-        return AlphaAdam([{"params": params[:2], "name": "decay"}, {"params": params[2:], "weight_decay": 0.0}],
-                         lr=1e-2, foreach=foreach)
-
-    straight_params = make_params(dtype)
-    straight = build(straight_params)
-    for step in range(12):
-        set_grads(straight_params, random_grads(straight_params, step))
-        straight.step()
-
-    params = make_params(dtype)
-    first = build(params)
-    for step in range(6):
-        set_grads(params, random_grads(params, step))
-        first.step()
-    buffer = io.BytesIO()
-    torch.save({"optimizer": first.state_dict(), "params": [p.detach() for p in params]}, buffer)
-    buffer.seek(0)
-    checkpoint = torch.load(buffer, weights_only=True)
-
-    resumed_params = [p.clone().requires_grad_() for p in checkpoint["params"]]
-    resumed = build(resumed_params)
-    resumed.load_state_dict(checkpoint["optimizer"])
-    for param, saved in zip(resumed_params, params):
-        for key, value in resumed.state[param].items():
-            assert value.dtype == first.state[saved][key].dtype, key
-        assert resumed.state[param]["exp_avg"].dtype == torch.float32
-    for step in range(6, 12):
-        set_grads(resumed_params, random_grads(resumed_params, step))
-        resumed.step()
-    for a, b in zip(straight_params, resumed_params):
-        assert torch.equal(a, b)
-        assert torch.equal(straight.state[a]["exp_avg"], resumed.state[b]["exp_avg"])
-    assert resumed.param_groups[0]["name"] == "decay"
-
-
 def test_state_dict_holds_only_tensors_and_plain_values():
     params = make_params(torch.bfloat16)
     optimizer = AlphaAdam(params, state_dtype=torch.bfloat16)
     set_grads(params, random_grads(params, 0))
     optimizer.step()
-    buffer = io.BytesIO()
-    torch.save(optimizer.state_dict(), buffer)
-    buffer.seek(0)
-    loaded = torch.load(buffer, weights_only=True)
+    loaded = saved_and_loaded(optimizer.state_dict())
     assert loaded["param_groups"][0]["state_dtype"] == "bfloat16"
 
 
 # ---------------------------------------------------------------------------------------------------------
 # statistics
-
-
-def test_statistics_by_group_and_named_tensor():
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
-    named = list(model.named_parameters())
-    optimizer = AlphaAdam([{"params": [named[0], named[2]], "name": "decay"},
-                           {"params": [named[1], named[3]], "name": "no_decay", "weight_decay": 0.0}])
-    assert optimizer.statistics() == {"groups": {}, "tensors": {}}
-    for step in range(3):
-        model.zero_grad()
-        model(torch.randn(16, 4)).square().mean().backward()
-        optimizer.step()
-    stats = optimizer.statistics(per_tensor=True)
-    assert set(stats["groups"]) == {"decay", "no_decay"}
-    assert set(stats["tensors"]) == {"0.weight", "0.bias", "1.weight", "1.bias"}
-    decay = stats["groups"]["decay"]
-    alphas = [stats["tensors"][n]["alpha"] for n in ("0.weight", "1.weight")]
-    assert decay["alpha_mean"] == pytest.approx(sum(alphas) / 2)
-    assert decay["alpha_min"] == pytest.approx(min(alphas))
-    assert decay["alpha_max"] == pytest.approx(max(alphas))
-    assert decay["num_tensors"] == 2
-    assert 0.0 < decay["mask_ratio"] <= 1.0
 
 
 def test_statistics_are_tensors_until_read():
@@ -322,57 +199,6 @@ def test_statistics_are_tensors_until_read():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# bad input
-
-
-@pytest.mark.parametrize("kwargs,error,fragment", [
-    (dict(lr=-1e-3), ValueError, "lr"),
-    (dict(lr="fast"), TypeError, "lr"),
-    (dict(betas=(1.0, 0.999)), ValueError, "betas[0] must be in [0, 1)"),
-    (dict(betas=(0.9, -0.1)), ValueError, "betas[1]"),
-    (dict(betas=(0.9,)), ValueError, "betas must be a pair"),
-    (dict(betas=0.9), ValueError, "betas must be a pair"),
-    (dict(eps=0.0), ValueError, "eps"),
-    (dict(weight_decay=-0.1), ValueError, "weight_decay"),
-    (dict(mask="later"), ValueError, "mask must be one of ('async', 'sync', 'none')"),
-    (dict(alpha="max"), ValueError, "alpha must be one of ('norm', 'count', 'none')"),
-    (dict(alpha_max=0.5), ValueError, "alpha_max must be >= 1"),
-    (dict(alpha_max="2"), TypeError, "alpha_max"),
-    (dict(first_step="skip"), ValueError, "first_step must be one of"),
-    (dict(state_dtype="int8"), ValueError, "state_dtype"),
-    (dict(foreach="yes"), TypeError, "foreach"),
-])
-def test_bad_hyperparameters_raise_clear_errors(kwargs, error, fragment):
-    with pytest.raises(error, match=None) as info:
-        AlphaAdam(make_params(), **kwargs)
-    assert fragment in str(info.value)
-
-
-def test_bad_group_override_is_rejected():
-    params = make_params()
-    with pytest.raises(ValueError, match="mask must be one of"):
-        AlphaAdam([{"params": params[:1]}, {"params": params[1:], "mask": "bogus"}])
-
-
-def test_empty_params_rejected():
-    with pytest.raises(ValueError, match="empty parameter list"):
-        AlphaAdam([])
-
-
-def test_complex_params_rejected():
-    with pytest.raises(TypeError, match="complex parameters"):
-        AlphaAdam([torch.zeros(3, dtype=torch.complex64, requires_grad=True)])
-
-
-def test_sparse_gradients_rejected():
-    embedding = torch.nn.Embedding(10, 4, sparse=True)
-    optimizer = AlphaAdam(embedding.parameters())
-    embedding(torch.tensor([1, 2])).sum().backward()
-    with pytest.raises(ValueError, match="sparse gradients"):
-        optimizer.step()
-
-
-# ---------------------------------------------------------------------------------------------------------
 # training on a real task
 
 
@@ -380,14 +206,7 @@ def test_sparse_gradients_rejected():
 def test_training_reduces_loss_in_every_mode(char_task, mask, alpha):
     model = char_task.model(seed=0)
     optimizer = AlphaAdam(model.parameters(), lr=3e-3, mask=mask, alpha=alpha)
-    with torch.no_grad():
-        initial = char_task.loss(model, char_task.valid).item()
-    for batch in char_task.batches(150):
-        optimizer.zero_grad()
-        char_task.loss(model, batch).backward()
-        optimizer.step()
-    with torch.no_grad():
-        final = char_task.loss(model, char_task.valid).item()
+    initial, final = char_task.train_and_evaluate(model, optimizer, 150)
     assert final < initial - 1.0, (initial, final)
     assert final < 3.0  # a uniform guess over the ~60 characters would be ~4.1 nats
 

@@ -42,11 +42,17 @@ def resume(checkpoint: dict, foreach: bool | None):
     return model, optimizer
 
 
-def step_saved(model: dict, optimizer, checkpoint: dict) -> None:
+def resume_and_step(stem: str, foreach: bool | None):
+    """Resume from the fixture and take its saved steps; returns the model, the optimizer and the checkpoint."""
+    if stem.endswith("8bit"):
+        pytest.importorskip("bitsandbytes")
+    checkpoint = load(stem)
+    model, optimizer = resume(checkpoint, foreach)
     for grads in checkpoint["grads"]:
         for name, param in model.items():
             param.grad = None if grads[name] is None else grads[name].clone()
         optimizer.step()
+    return model, optimizer, checkpoint
 
 
 def test_every_configuration_has_a_fixture():
@@ -68,11 +74,7 @@ def test_legacy_checkpoint_loads_keeping_every_state_tensor(stem):
 
 @pytest.mark.parametrize("stem", CONFIGURATIONS)
 def test_legacy_checkpoint_resumes_exactly_on_the_reference_loop(stem):
-    if stem.endswith("8bit"):
-        pytest.importorskip("bitsandbytes")
-    checkpoint = load(stem)
-    model, optimizer = resume(checkpoint, foreach=False)
-    step_saved(model, optimizer, checkpoint)
+    model, optimizer, checkpoint = resume_and_step(stem, foreach=False)
     for name, param in model.items():
         expected = checkpoint["expected"]["model"][name]
         assert param.dtype == expected.dtype and torch.equal(param.detach(), expected), name
@@ -81,11 +83,7 @@ def test_legacy_checkpoint_resumes_exactly_on_the_reference_loop(stem):
 
 @pytest.mark.parametrize("stem", CONFIGURATIONS)
 def test_legacy_checkpoint_resumes_on_the_default_path(stem):
-    if stem.endswith("8bit"):
-        pytest.importorskip("bitsandbytes")
-    checkpoint = load(stem)
-    model, optimizer = resume(checkpoint, foreach=None)
-    step_saved(model, optimizer, checkpoint)
+    model, optimizer, checkpoint = resume_and_step(stem, foreach=None)
     for name, param in model.items():
         expected = checkpoint["expected"]["model"][name]
         torch.testing.assert_close(param.detach(), expected, **DEFAULT_TOLERANCE[expected.dtype],

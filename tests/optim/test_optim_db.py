@@ -8,7 +8,6 @@ without a gradient; refusal of empty, complex and sparse inputs.
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
@@ -22,6 +21,7 @@ from optim_db import (
     named_params,
     random_grads,
     run_steps,
+    saved_and_loaded,
     set_grads,
     state_tensors,
     state_tensors_of,
@@ -110,13 +110,6 @@ def test_path_matches_reference_on_params_state_and_statistics(entry, dtype, pat
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
-def _round_trip(optimizer, named):
-    buffer = io.BytesIO()
-    torch.save({"optimizer": optimizer.state_dict(), "params": [p.detach() for _, p in named]}, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
-
-
 @pytest.mark.parametrize("entry,dtype,path,variant", _cases(with_paths=True, variants="resume"))
 def test_state_dict_round_trip_keeps_dtypes_and_resumes_bit_exactly(entry, dtype, path, variant):
     straight_named = named_params(dtype=dtype)
@@ -126,7 +119,7 @@ def test_state_dict_round_trip_keeps_dtypes_and_resumes_bit_exactly(entry, dtype
     first_named = named_params(dtype=dtype)
     first = entry.build(first_named, path, **variant)
     run_steps(first, _tensors(first_named), 3, none_every=4)
-    checkpoint = _round_trip(first, first_named)
+    checkpoint = saved_and_loaded({"optimizer": first.state_dict(), "params": [p.detach() for _, p in first_named]})
     assert_same_state(state_tensors_of(checkpoint["optimizer"]), state_tensors(first), what="after torch.load")
 
     resumed_named = named_params(dtype=dtype, seed=1)  # other values: the checkpoint must bring them

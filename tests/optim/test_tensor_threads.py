@@ -14,7 +14,7 @@ import torch
 from hf_alphaadam import AdaPM
 from hf_alphaadam.optim import _tensor_threads
 
-from test_adapm import named_params, random_grads, set_grads, step_both
+from optim_db import named_params, random_grads, set_grads, step_together
 
 # every kind of tensor the fast path meets: transposed Conv1D (fused q|k|v, c_fc), plain low-rank (tall, wide),
 # a momentum-free and a full-momentum matrix and a vector
@@ -94,7 +94,7 @@ def _step_pair(threads_a, threads_b, steps=6, dtype=torch.float32, **options):
     a, b = named_params(SPEC, dtype=dtype), named_params(SPEC, dtype=dtype)
     kwargs = dict(rank=3, lr=1e-2, **options)
     first, second = AdaPM(a, tensor_threads=threads_a, **kwargs), AdaPM(b, tensor_threads=threads_b, **kwargs)
-    step_both(first, second, a, b, steps, none_every=4)
+    step_together([(first, [p for _, p in a]), (second, [p for _, p in b])], steps, none_every=4)
     return first, second, a, b
 
 
