@@ -414,12 +414,34 @@ class OptionSchema(Mapping[str, Option]):
 
     def doc(self, params: str = "", indent: str = "    ", width: int = 116) -> str:
         """The ``Args:`` block of the class docstring: ``params`` first (not an option), then each option's
-        ``doc`` and its default, wrapped to ``width`` columns (``indent`` is the docstring's own indentation)."""
+        ``doc`` and its default, wrapped to ``width`` columns (``indent``: the indentation of the ``Args:`` line;
+        entries are indented 4 more, their continuation lines 8)."""
         entries = ([("params", params)] if params else []) + [
             (key, f"{option.doc or option.help} Default ``{option.default!r}``.".strip())
             for key, option in self.items()]
         lines = [f"{indent}Args:"]
         for key, text in entries:
-            lines += textwrap.wrap(f"{key}: {text}", width=width, initial_indent=indent * 2,
-                                   subsequent_indent=indent * 3, break_on_hyphens=False)
+            lines += textwrap.wrap(f"{key}: {text}", width=width, initial_indent=indent + "    ",
+                                   subsequent_indent=indent + "        ", break_on_hyphens=False)
+        return "\n".join(lines)
+
+    def document(self, docstring: str, params: str = "") -> str:
+        """``docstring`` with its (empty) ``Args:`` line replaced by :meth:`doc`, for a class body::
+
+            class AlphaAdam(...):
+                \"""AlphaAdam ...
+
+                Args:
+
+                After each step ...
+                \"""
+                OPTIONS = ALPHAADAM_SCHEMA
+                __doc__ = OPTIONS.document(__doc__, params="parameters, param groups, ...")
+        """
+        lines = docstring.split("\n")
+        at = [index for index, line in enumerate(lines) if line.strip() == "Args:"]
+        if len(at) != 1:
+            raise ValueError(f"{self.name}: the docstring needs exactly one 'Args:' line to fill, found {len(at)}")
+        indent = lines[at[0]][:len(lines[at[0]]) - len(lines[at[0]].lstrip())]
+        lines[at[0]] = self.doc(params=params, indent=indent or "    ")
         return "\n".join(lines)

@@ -327,6 +327,26 @@ def test_doc_and_help_come_from_the_schema():
     assert "Default ``'none'``" in ADAPM_SCHEMA.doc().split("        mask:")[1].split("\n        alpha:")[0]
 
 
+def test_document_fills_the_args_line_of_a_class_docstring():
+    class Toy:
+        """A toy.
+
+        Args:
+
+        Read the statistics after a step.
+        """
+        __doc__ = MASK_SCHEMA.document(__doc__, params="the parameters.")
+
+    lines = Toy.__doc__.split("\n")
+    assert lines[:4] == ["A toy.", "", "        Args:", "            params: the parameters."]
+    assert lines[4].startswith("            mask: ``'async'``") and "Read the statistics after a step." in lines[-2]
+    with pytest.raises(ValueError, match="needs exactly one 'Args:' line to fill, found 0"):
+        MASK_SCHEMA.document("No arguments here.")
+
+
+MASK_SCHEMA = OptionSchema("Masked", MASK)
+
+
 # ---- optim_args conversion ---------------------------------------------------------------------------------------
 
 
