@@ -237,6 +237,7 @@ ADADIAG_TOLERANCES = {
 }
 # 8-bit states: the paths round differently in fp32, which can move a value across a code boundary now and then
 EIGHT_BIT_TOLERANCES = {
+    torch.float64: Tolerance(1e-12, 1e-10, 1e-12, 1e-9),
     torch.float32: Tolerance(1e-6, 1e-5, 1e-6, 1e-9),
     torch.bfloat16: Tolerance(0.0, 1e-2, 1e-6, 1e-9),
 }
@@ -267,15 +268,16 @@ OPTIM_DB: tuple[OptimEntry, ...] = (
     # min_8bit_size=32: the table's tensors are small; the embedding keeps 32-bit moments (quantize_embeddings off)
     OptimEntry("alphaadam_8bit", AlphaAdam, {"state_bits": 8, "min_8bit_size": 32},
                (REFERENCE, FOREACH, ALPHAADAM_DEFAULT),
-               (torch.float32, torch.bfloat16), EIGHT_BIT_TOLERANCES, needs_names=True,
+               ALL_DTYPES, EIGHT_BIT_TOLERANCES, needs_names=True,
                bad_args=ALPHAADAM_BAD_ARGS, requires=("bitsandbytes",),
                variants=({"mask": "sync", "alpha": "count"}, {"quantize_embeddings": True},
                          {"bf16_update": "stochastic"}),
                resume_variants=({"bf16_update": "stochastic"},)),
-    OptimEntry("alphaadam_bf16_kahan", AlphaAdam, {"bf16_update": "kahan"}, STRUCTURED_PATHS, (torch.bfloat16,),
+    # bf16_update changes only how bf16 / fp16 parameters are written; fp32 / fp64 ones take the plain paths
+    OptimEntry("alphaadam_bf16_kahan", AlphaAdam, {"bf16_update": "kahan"}, ALPHAADAM_PATHS, ALL_DTYPES,
                ADAM_TOLERANCES, needs_names=False, bad_args=ALPHAADAM_BAD_ARGS),
-    OptimEntry("alphaadam_bf16_stochastic", AlphaAdam, {"bf16_update": "stochastic"}, STRUCTURED_PATHS,
-               (torch.bfloat16,), ADAM_TOLERANCES, needs_names=False, bad_args=ALPHAADAM_BAD_ARGS),
+    OptimEntry("alphaadam_bf16_stochastic", AlphaAdam, {"bf16_update": "stochastic"}, ALPHAADAM_PATHS,
+               ALL_DTYPES, ADAM_TOLERANCES, needs_names=False, bad_args=ALPHAADAM_BAD_ARGS),
     OptimEntry("adapm", AdaPM, {"rank": 2, "log_policy": False}, STRUCTURED_PATHS, ALL_DTYPES, ADAPM_TOLERANCES,
                needs_names=True, bad_args=ADAPM_BAD_ARGS, mask_free=True,
                variants=({"residual": "none"}, {"residual": "clip", "residual_clip": 0.3, "refit_iters": 2},
