@@ -8,6 +8,7 @@ element-wise ops per bucket. Unrotated tensors go through the shared Adam engine
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -17,6 +18,7 @@ from ._adam_engine import StatisticsBucket, alphaadam
 from ._masking import masked_step, sign_agreement, step_scale, unmasked_step
 from ._rotation import _aligned, _exact_zeros, _factored_second_moment, _rotate, _svd_bases, _unrotate
 from ._sharding import SumsReducer
+from ._step_options import AdamStep, OptionalTensors, Tensors
 from ._state import compute_dtype
 
 
@@ -60,6 +62,8 @@ def adadiag(
     """
     if foreach is None:
         foreach = True
+    options = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, mask=mask, alpha=alpha,
+                   alpha_max=alpha_max, first_step=first_step, maximize=maximize)
     plain = [i for i in range(len(params)) if bases_left[i] is None and bases_right[i] is None]
     rotated = [i for i in range(len(params)) if bases_left[i] is not None or bases_right[i] is not None]
     buckets: list[StatisticsBucket] = []
@@ -72,10 +76,8 @@ def adadiag(
             sub_reduce = lambda sums, indices: reduce_sums(sums, [plain[i] for i in indices])  # noqa: E731
         plain_buckets = alphaadam(
             [params[i] for i in plain], [grads[i] for i in plain], [exp_avgs[i] for i in plain],
-            [exp_avg_sqs[i] for i in plain], [state_steps[i] for i in plain], foreach=foreach, lr=lr,
-            beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, mask=mask, alpha=alpha,
-            alpha_max=alpha_max, first_step=first_step, maximize=maximize,
-            numels=[numels[i] for i in plain] if numels else None, reduce_sums=sub_reduce)
+            [exp_avg_sqs[i] for i in plain], [state_steps[i] for i in plain], foreach=foreach,
+            numels=[numels[i] for i in plain] if numels else None, reduce_sums=sub_reduce, **options)
         buckets += [([plain[i] for i in positions], a, r) for positions, a, r in plain_buckets]
     if rotated:
         func = _multi_tensor_adadiag if foreach else _single_tensor_adadiag
@@ -83,41 +85,19 @@ def adadiag(
             [params[i] for i in rotated], [grads[i] for i in rotated], [exp_avgs[i] for i in rotated],
             [exp_avg_sqs[i] for i in rotated], [exp_avg_sq_rows[i] for i in rotated],
             [exp_avg_sq_cols[i] for i in rotated], [bases_left[i] for i in rotated],
-            [bases_right[i] for i in rotated], [state_steps[i] for i in rotated], lr=lr, beta1=beta1, beta2=beta2,
-            eps=eps, weight_decay=weight_decay, update_freq=update_freq, moment_space=moment_space,
-            reproject=reproject, align_signs=align_signs, mask=mask, alpha=alpha, alpha_max=alpha_max,
-            first_step=first_step, maximize=maximize)
+            [bases_right[i] for i in rotated], [state_steps[i] for i in rotated], update_freq=update_freq,
+            moment_space=moment_space, reproject=reproject, align_signs=align_signs, **options)
         buckets += [([rotated[i] for i in positions], a, r) for positions, a, r in rotated_buckets]
     return buckets
 
 
-def _single_tensor_adadiag(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor | None],
-    exp_avg_sq_rows: list[Tensor | None],
-    exp_avg_sq_cols: list[Tensor | None],
-    bases_left: list[Tensor | None],
-    bases_right: list[Tensor | None],
-    state_steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    update_freq: int,
-    moment_space: str,
-    reproject: bool,
-    align_signs: bool,
-    mask: str,
-    alpha: str,
-    alpha_max: float | None,
-    first_step: str,
-    maximize: bool,
-) -> list[StatisticsBucket]:
+def _single_tensor_adadiag(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: OptionalTensors,
+                           exp_avg_sq_rows: OptionalTensors, exp_avg_sq_cols: OptionalTensors,
+                           bases_left: OptionalTensors, bases_right: OptionalTensors, state_steps: Tensors, *,
+                           update_freq: int, moment_space: str, reproject: bool, align_signs: bool,
+                           **options: Any) -> list[StatisticsBucket]:
     """The reference loop for rotated tensors: one matrix at a time, written as the algorithm box reads."""
+    lr, beta1, beta2, eps, weight_decay, mask, alpha, alpha_max, first_step, maximize = AdamStep(**options)
     alphas, ratios = [], []
     for index, param in enumerate(params):
         dtype = compute_dtype(param)
@@ -214,34 +194,14 @@ def _single_tensor_adadiag(
     return [(list(range(len(params))), torch.stack(alphas), torch.stack(ratios))]
 
 
-def _multi_tensor_adadiag(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor | None],
-    exp_avg_sq_rows: list[Tensor | None],
-    exp_avg_sq_cols: list[Tensor | None],
-    bases_left: list[Tensor | None],
-    bases_right: list[Tensor | None],
-    state_steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    update_freq: int,
-    moment_space: str,
-    reproject: bool,
-    align_signs: bool,
-    mask: str,
-    alpha: str,
-    alpha_max: float | None,
-    first_step: str,
-    maximize: bool,
-) -> list[StatisticsBucket]:
+def _multi_tensor_adadiag(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: OptionalTensors,
+                          exp_avg_sq_rows: OptionalTensors, exp_avg_sq_cols: OptionalTensors,
+                          bases_left: OptionalTensors, bases_right: OptionalTensors, state_steps: Tensors, *,
+                          update_freq: int, moment_space: str, reproject: bool, align_signs: bool,
+                          **options: Any) -> list[StatisticsBucket]:
     """The batched path: matrices of one (device, dtype, shape, sides, state layout) are stacked, and the SVDs,
     rotations and element-wise math of a bucket run as single batched ops."""
+    lr, beta1, beta2, eps, weight_decay, mask, alpha, alpha_max, first_step, maximize = AdamStep(**options)
     groups: dict[tuple, list[int]] = {}
     for index, param in enumerate(params):
         key = (param.device, param.dtype, tuple(param.shape), bases_left[index] is not None,
@@ -253,10 +213,8 @@ def _multi_tensor_adadiag(
             [params[i] for i in indices], [grads[i] for i in indices], [exp_avgs[i] for i in indices],
             [exp_avg_sqs[i] for i in indices], [exp_avg_sq_rows[i] for i in indices],
             [exp_avg_sq_cols[i] for i in indices], [bases_left[i] for i in indices],
-            [bases_right[i] for i in indices], [state_steps[i] for i in indices], lr=lr, beta1=beta1, beta2=beta2,
-            eps=eps, weight_decay=weight_decay, update_freq=update_freq, moment_space=moment_space,
-            reproject=reproject, align_signs=align_signs, mask=mask, alpha=alpha, alpha_max=alpha_max,
-            first_step=first_step, maximize=maximize)
+            [bases_right[i] for i in indices], [state_steps[i] for i in indices], update_freq=update_freq,
+            moment_space=moment_space, reproject=reproject, align_signs=align_signs, **options)
         buckets.append((indices, alpha_values, mask_ratio))
     return buckets
 
@@ -265,10 +223,12 @@ def _stack(tensors: list[Tensor], dtype: torch.dtype) -> Tensor:
     return torch.stack([t.to(dtype) for t in tensors])
 
 
-def _rotated_bucket(params, grads, exp_avgs, exp_avg_sqs, rows_list, cols_list, lefts, rights, state_steps, *,
-                    lr, beta1, beta2, eps, weight_decay, update_freq, moment_space, reproject, align_signs, mask,
-                    alpha, alpha_max, first_step, maximize) -> tuple[Tensor, Tensor]:
+def _rotated_bucket(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: OptionalTensors,
+                    rows_list: OptionalTensors, cols_list: OptionalTensors, lefts: OptionalTensors,
+                    rights: OptionalTensors, state_steps: Tensors, *, update_freq: int, moment_space: str,
+                    reproject: bool, align_signs: bool, **options: Any) -> tuple[Tensor, Tensor]:
     """One bucket of same-shaped rotated matrices, stacked to ``[B, m, n]``; returns ``(alpha [B], ratio [B])``."""
+    lr, beta1, beta2, eps, weight_decay, mask, alpha, alpha_max, first_step, maximize = AdamStep(**options)
     dtype = compute_dtype(params[0])
     count, device = len(params), params[0].device
     factored = exp_avg_sqs[0] is None

@@ -31,7 +31,7 @@ collectives, alike.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -41,6 +41,7 @@ from . import _native
 from ._foreach import _multi_tensor_alphaadam
 from ._masking import masked_step, sign_agreement, unmasked_step
 from ._sharding import SumsReducer, local
+from ._step_options import AdamStep, Tensors
 from ._state import compute_dtype
 from ._validation import check_step_inputs
 
@@ -178,27 +179,11 @@ def _compiled_step_ready(tensors: list[list[Tensor]], mask: str, alpha: str) -> 
     return True
 
 
-def _single_tensor_alphaadam(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    mask: str,
-    alpha: str,
-    alpha_max: float | None,
-    first_step: str,
-    maximize: bool,
-    numels: list[int] | None = None,
-    reduce_sums: SumsReducer | None = None,
-) -> list[StatisticsBucket]:
+def _single_tensor_alphaadam(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: Tensors,
+                             state_steps: Tensors, *, numels: list[int] | None = None,
+                             reduce_sums: SumsReducer | None = None, **options: Any) -> list[StatisticsBucket]:
     """The reference loop: one tensor at a time, written as the algorithm box reads."""
+    lr, beta1, beta2, eps, weight_decay, mask, alpha, alpha_max, first_step, maximize = AdamStep(**options)
     alphas, ratios = [], []
     for index, (param, grad, exp_avg, exp_avg_sq, step_t) in enumerate(
             zip(params, grads, exp_avgs, exp_avg_sqs, state_steps)):

@@ -29,37 +29,19 @@ from ._adapm_paths import StatisticsBucket, _canonical, _refit
 from ._masking import sign_agreement, step_scale, unmasked_step
 from ._policy import MomentumPlan
 from ._sharding import SumsReducer, local
+from ._step_options import AdamStep, Tensors
 from ._state import compute_dtype
 
 
-def _multi_tensor_adapm(
-    params: list[Tensor],
-    grads: list[Tensor],
-    states: list[dict[str, Any]],
-    plans: list[MomentumPlan],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    mask: str,
-    alpha: str,
-    alpha_max: float | None,
-    first_step: str,
-    residual: str,
-    residual_clip: float,
-    refit_iters: int,
-    maximize: bool,
-    numels: list[int] | None = None,
-    reduce_sums: SumsReducer | None = None,
-    workspace: dict[Any, Tensor] | None = None,
-    tensor_threads: int | None = 1,
-    routes: list[str] | None = None,
-) -> list[StatisticsBucket]:
+def _multi_tensor_adapm(params: Tensors, grads: Tensors, states: list[dict[str, Any]], plans: list[MomentumPlan], *,
+                        residual: str, residual_clip: float, refit_iters: int, numels: list[int] | None = None,
+                        reduce_sums: SumsReducer | None = None, workspace: dict[Any, Tensor] | None = None,
+                        tensor_threads: int | None = 1,
+                        routes: list[str] | None = None, **options: Any) -> list[StatisticsBucket]:
     """The fast path: AlphaAdam's core for full-momentum Adam tensors (its native C kernel for fp32 CPU tensors, else
     its foreach path), the native kernel or foreach ops for momentum-free Adam tensors, and a per-tensor routine
     with stacked row slices for low-rank / compact tensors."""
+    lr, beta1, beta2, eps, weight_decay, mask, alpha, alpha_max, first_step, maximize = AdamStep(**options)
     buckets: list[StatisticsBucket] = []
     full = [i for i, plan in enumerate(plans) if plan.kind == "adam_full"]
     none = [i for i, plan in enumerate(plans) if plan.kind == "adam_none"]
@@ -77,11 +59,10 @@ def _multi_tensor_adapm(
             continue
         full_buckets = alphaadam(
             [local(params[i]) for i in at], [local(grads[i]) for i in at], [local(states[i]["exp_avg"]) for i in at],
-            [local(states[i]["exp_avg_sq"]) for i in at], [states[i]["step"] for i in at], lr=lr, beta1=beta1,
-            beta2=beta2, eps=eps, weight_decay=weight_decay, mask=mask, alpha=alpha, alpha_max=alpha_max,
-            first_step=first_step, maximize=maximize, numels=[numels[full.index(i)] for i in at] if numels else None,
+            [local(states[i]["exp_avg_sq"]) for i in at], [states[i]["step"] for i in at],
+            numels=[numels[full.index(i)] for i in at] if numels else None,
             reduce_sums=None if reduce_sums is None else (
-                lambda sums, k, at=at: reduce_sums(sums, [full.index(at[j]) for j in k])), route=route)
+                lambda sums, k, at=at: reduce_sums(sums, [full.index(at[j]) for j in k])), route=route, **options)
         for positions, alpha_values, ratio in full_buckets:
             buckets.append(([at[i] for i in positions], alpha_values.float(), ratio.float()))
     for route in ("native", "foreach"):
@@ -100,11 +81,8 @@ def _multi_tensor_adapm(
         def step_one(k: int, share: int) -> tuple[Tensor, Tensor]:
             i = structured[k]  # each worker (share) has its own scratch buffers
             scratch = workspace if workspace is None or threads == 1 else workspace.setdefault(("share", share), {})
-            return _structured_step(
-                params[i], grads[i], states[i], plans[i], lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                weight_decay=weight_decay, mask=mask, alpha=alpha, alpha_max=alpha_max, first_step=first_step,
-                residual=residual, residual_clip=residual_clip, refit_iters=refit_iters, maximize=maximize,
-                workspace=scratch)
+            return _structured_step(params[i], grads[i], states[i], plans[i], residual=residual,
+                                    residual_clip=residual_clip, refit_iters=refit_iters, workspace=scratch, **options)
 
         results = _tensor_threads.map_tensors(step_one, len(structured),
                                               [params[i].numel() for i in structured], threads)
@@ -267,11 +245,9 @@ def _compact_mean_squares(G: Tensor, plan: MomentumPlan) -> Tensor:
     return torch.cat(means)
 
 
-def _structured_step(param: Tensor, grad: Tensor, state: dict[str, Any], plan: MomentumPlan, *, lr: float | Tensor,
-                     beta1: float, beta2: float, eps: float, weight_decay: float, mask: str, alpha: str,
-                     alpha_max: float | None, first_step: str, residual: str, residual_clip: float,
-                     refit_iters: int, maximize: bool, workspace: dict[Any, Tensor] | None = None
-                     ) -> tuple[Tensor, Tensor]:
+def _structured_step(param: Tensor, grad: Tensor, state: dict[str, Any], plan: MomentumPlan, *, residual: str,
+                     residual_clip: float, refit_iters: int, workspace: dict[Any, Tensor] | None = None,
+                     **options: Any) -> tuple[Tensor, Tensor]:
     """One low-rank / compact tensor, the reference's math with fewer passes over memory.
 
     Everything full-size is kept in the parameter's canonical layout (see :func:`_empty_canonical`); a low-rank
@@ -283,6 +259,7 @@ def _structured_step(param: Tensor, grad: Tensor, state: dict[str, Any], plan: M
     writes ``phi * u`` and the three sums of ``_masking.masked_step`` block by block, alpha comes from
     ``_masking.step_scale``, and pass 2 applies ``W (1 - lr wd moved) - (lr alpha) (phi * u)``.
     """
+    lr, beta1, beta2, eps, weight_decay, mask, alpha, alpha_max, first_step, maximize = AdamStep(**options)
     dtype = compute_dtype(param)
     G = _canonical(grad if grad.dtype == dtype else grad.to(dtype), plan)
     if maximize:

@@ -13,6 +13,7 @@ from torch.optim.optimizer import _get_value
 from ._masking import masked_step, sign_agreement, unmasked_step
 from ._policy import MomentumPlan
 from ._sharding import SumsReducer, local
+from ._step_options import AdamStep, Tensors
 from ._state import compute_dtype
 
 StatisticsBucket = tuple[list[int], Tensor, Tensor]
@@ -56,8 +57,8 @@ def adapm(
     plans record them; ``None``: the native kernel where every tensor of a kind fits it).
     """
     options = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, mask=mask, alpha=alpha,
-                   alpha_max=alpha_max, first_step=first_step, residual=residual, residual_clip=residual_clip,
-                   refit_iters=refit_iters, maximize=maximize, numels=numels, reduce_sums=reduce_sums,
+                   alpha_max=alpha_max, first_step=first_step, maximize=maximize, residual=residual,
+                   residual_clip=residual_clip, refit_iters=refit_iters, numels=numels, reduce_sums=reduce_sums,
                    workspace=workspace, tensor_threads=tensor_threads)
     if foreach is False:
         return _single_tensor_adapm(params, grads, states, plans, **options)
@@ -106,31 +107,12 @@ def _residual_momentum(target: Tensor, approx: Tensor, residual: str, residual_c
     return approx + scale * rest
 
 
-def _single_tensor_adapm(
-    params: list[Tensor],
-    grads: list[Tensor],
-    states: list[dict[str, Any]],
-    plans: list[MomentumPlan],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    mask: str,
-    alpha: str,
-    alpha_max: float | None,
-    first_step: str,
-    residual: str,
-    residual_clip: float,
-    refit_iters: int,
-    maximize: bool,
-    numels: list[int] | None = None,
-    reduce_sums: SumsReducer | None = None,
-    workspace: dict[Any, Tensor] | None = None,
-    tensor_threads: int | None = 1,
-) -> list[StatisticsBucket]:
+def _single_tensor_adapm(params: Tensors, grads: Tensors, states: list[dict[str, Any]], plans: list[MomentumPlan], *,
+                         residual: str, residual_clip: float, refit_iters: int, numels: list[int] | None = None,
+                         reduce_sums: SumsReducer | None = None, workspace: dict[Any, Tensor] | None = None,
+                         tensor_threads: int | None = 1, **options: Any) -> list[StatisticsBucket]:
     """The reference loop: one tensor, one row segment at a time, written as the algorithm box reads."""
+    lr, beta1, beta2, eps, weight_decay, mask, alpha, alpha_max, first_step, maximize = AdamStep(**options)
     alphas, ratios = [], []
     full_index = -1  # position among the "adam_full" tensors (numels / reduce_sums are indexed by it)
     for param, grad, state, plan in zip(params, grads, states, plans):

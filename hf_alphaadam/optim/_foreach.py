@@ -1,10 +1,12 @@
 """AlphaAdam's multi-tensor path: the update of ``alphaadam.py`` with ``torch._foreach_*`` ops, per (device, dtype)
 bucket of tensors. Same arguments, in-place effects and return value as the reference loop
-``alphaadam._single_tensor_alphaadam``, which it is tested against."""
+``_adam_engine._single_tensor_alphaadam``, which it is tested against."""
 
 from __future__ import annotations
 
 import math
+
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -13,33 +15,18 @@ from torch.optim.optimizer import _get_value
 
 from ._masking import alpha_from_sums, reported_alpha
 from ._sharding import SumsReducer
+from ._step_options import AdamStep, Tensors
 from ._state import compute_dtype
 
 # (positions within the lists passed to the functional core, alpha [n], mask ratio [n])
 StatisticsBucket = tuple[list[int], Tensor, Tensor]
 
 
-def _multi_tensor_alphaadam(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    mask: str,
-    alpha: str,
-    alpha_max: float | None,
-    first_step: str,
-    maximize: bool,
-    numels: list[int] | None = None,
-    reduce_sums: SumsReducer | None = None,
-) -> list[StatisticsBucket]:
+def _multi_tensor_alphaadam(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: Tensors,
+                            state_steps: Tensors, *, numels: list[int] | None = None,
+                            reduce_sums: SumsReducer | None = None, **options: Any) -> list[StatisticsBucket]:
     """The multi-tensor path: the same math with ``torch._foreach_*`` ops, per (device, dtype) bucket."""
+    lr, beta1, beta2, eps, weight_decay, mask, alpha, alpha_max, first_step, maximize = AdamStep(**options)
     grouped = Optimizer._group_tensors_by_device_and_dtype(
         [params, grads, exp_avgs, exp_avg_sqs, state_steps], with_indices=True)
     buckets: list[StatisticsBucket] = []

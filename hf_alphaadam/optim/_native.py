@@ -35,11 +35,14 @@ import tempfile
 import threading
 from pathlib import Path
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from ._masking import alpha_from_sums, reported_alpha
 from ._sharding import SumsReducer
+from ._step_options import AdamStep, Tensors
 
 logger = logging.getLogger(__name__)
 
@@ -258,31 +261,15 @@ def _call(arguments: list, options: _Options, sums: Tensor | None, alpha: Tensor
         raise RuntimeError(f"the native AlphaAdam kernel failed (status {status})")
 
 
-def _native_alphaadam(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    mask: str,
-    alpha: str,
-    alpha_max: float | None,
-    first_step: str,
-    maximize: bool,
-    numels: list[int] | None = None,
-    reduce_sums: SumsReducer | None = None,
-) -> list[StatisticsBucket]:
+def _native_alphaadam(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: Tensors,
+                      state_steps: Tensors, *, numels: list[int] | None = None,
+                      reduce_sums: SumsReducer | None = None, **options: Any) -> list[StatisticsBucket]:
     """The native path; same arguments, in-place effects and return value as ``_multi_tensor_alphaadam``.
 
     Without ``reduce_sums`` one call does everything; with it (sharded tensors) one call computes the local
     sums, ``reduce_sums`` adds them over the shards, and a second call applies the update with the global alpha.
     """
+    lr, beta1, beta2, eps, weight_decay, mask, alpha, alpha_max, first_step, maximize = AdamStep(**options)
     if not params:
         return []
     n = len(params)
