@@ -22,36 +22,16 @@ from ._step_options import AdamStep, OptionalTensors, Tensors
 from ._state import compute_dtype
 
 
-def adadiag(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor | None],
-    exp_avg_sq_rows: list[Tensor | None],
-    exp_avg_sq_cols: list[Tensor | None],
-    bases_left: list[Tensor | None],
-    bases_right: list[Tensor | None],
-    state_steps: list[Tensor],
-    *,
-    foreach: bool | None = None,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    update_freq: int,
-    moment_space: str,
-    reproject: bool,
-    align_signs: bool,
-    mask: str,
-    alpha: str,
-    alpha_max: float | None,
-    first_step: str,
-    maximize: bool,
-    numels: list[int] | None = None,
-    reduce_sums: SumsReducer | None = None,
-) -> list[StatisticsBucket]:
+def adadiag(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: OptionalTensors,
+            exp_avg_sq_rows: OptionalTensors, exp_avg_sq_cols: OptionalTensors, bases_left: OptionalTensors,
+            bases_right: OptionalTensors, state_steps: Tensors, *, foreach: bool | None = None, update_freq: int,
+            moment_space: str, reproject: bool, align_signs: bool, numels: list[int] | None = None,
+            reduce_sums: SumsReducer | None = None, **options: Any) -> list[StatisticsBucket]:
     """Functional AdaDiag step over lists of tensors (updates ``params`` and the states in place).
+
+    ``options`` are the Adam step's scalars (``_step_options.AdamStep``: ``lr``, ``beta1``, ``beta2``, ``eps``,
+    ``weight_decay``, ``mask``, ``alpha``, ``alpha_max``, ``first_step``, ``maximize``); ``update_freq``,
+    ``moment_space``, ``reproject`` and ``align_signs`` are AdaDiag's (:class:`AdaDiag`).
 
     Per tensor, the state present decides the rule: a tensor with a ``bases_left`` and/or ``bases_right`` entry
     is rotated (those are its bases; they are overwritten at refresh steps), the others get AlphaAdam's rule
@@ -62,8 +42,7 @@ def adadiag(
     """
     if foreach is None:
         foreach = True
-    options = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, mask=mask, alpha=alpha,
-                   alpha_max=alpha_max, first_step=first_step, maximize=maximize)
+    AdamStep(**options)  # the names checked before anything moves
     plain = [i for i in range(len(params)) if bases_left[i] is None and bases_right[i] is None]
     rotated = [i for i in range(len(params)) if bases_left[i] is not None or bases_right[i] is not None]
     buckets: list[StatisticsBucket] = []

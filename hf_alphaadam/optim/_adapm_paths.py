@@ -19,35 +19,17 @@ from ._state import compute_dtype
 StatisticsBucket = tuple[list[int], Tensor, Tensor]
 
 
-def adapm(
-    params: list[Tensor],
-    grads: list[Tensor],
-    states: list[dict[str, Any]],
-    plans: list[MomentumPlan],
-    *,
-    foreach: bool | None = None,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    mask: str,
-    alpha: str,
-    alpha_max: float | None,
-    first_step: str,
-    residual: str,
-    residual_clip: float,
-    refit_iters: int,
-    maximize: bool,
-    numels: list[int] | None = None,
-    reduce_sums: SumsReducer | None = None,
-    workspace: dict[Any, Tensor] | None = None,
-    tensor_threads: int | None = 1,
-    routes: list[str] | None = None,
-) -> list[StatisticsBucket]:
+def adapm(params: Tensors, grads: Tensors, states: list[dict[str, Any]], plans: list[MomentumPlan], *,
+          foreach: bool | None = None, residual: str, residual_clip: float, refit_iters: int,
+          numels: list[int] | None = None, reduce_sums: SumsReducer | None = None,
+          workspace: dict[Any, Tensor] | None = None, tensor_threads: int | None = 1,
+          routes: list[str] | None = None, **options: Any) -> list[StatisticsBucket]:
     """Functional AdaPM step (updates ``params`` and the state dicts in place).
 
-    ``states[i]`` holds tensor ``i``'s state as :class:`AdaPM` allocates it for ``plans[i]``. ``numels`` and
+    ``options`` are the Adam step's scalars (``_step_options.AdamStep``: ``lr``, ``beta1``, ``beta2``, ``eps``,
+    ``weight_decay``, ``mask``, ``alpha``, ``alpha_max``, ``first_step``, ``maximize``); ``residual``,
+    ``residual_clip`` and ``refit_iters`` are AdaPM's (:class:`AdaPM`). ``states[i]`` holds tensor ``i``'s state as
+    :class:`AdaPM` allocates it for ``plans[i]``. ``numels`` and
     ``reduce_sums`` (sharded tensors) apply to the ``"adam_full"`` tensors only: ``numels[k]`` and index ``k`` of
     ``reduce_sums`` refer to the k-th ``"adam_full"`` tensor of the lists passed here. Returns
     ``(positions, alpha, mask_ratio)`` statistics buckets. ``workspace``: a dict the fast path may keep reusable
@@ -56,10 +38,9 @@ def adapm(
     ``routes``: each element-wise tensor's path in the fast path (``"native"`` or ``"foreach"``, as the optimizer's
     plans record them; ``None``: the native kernel where every tensor of a kind fits it).
     """
-    options = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, mask=mask, alpha=alpha,
-                   alpha_max=alpha_max, first_step=first_step, maximize=maximize, residual=residual,
-                   residual_clip=residual_clip, refit_iters=refit_iters, numels=numels, reduce_sums=reduce_sums,
-                   workspace=workspace, tensor_threads=tensor_threads)
+    AdamStep(**options)  # the names checked before anything moves
+    options.update(residual=residual, residual_clip=residual_clip, refit_iters=refit_iters, numels=numels,
+                   reduce_sums=reduce_sums, workspace=workspace, tensor_threads=tensor_threads)
     if foreach is False:
         return _single_tensor_adapm(params, grads, states, plans, **options)
     from ._adapm_fast import _multi_tensor_adapm
