@@ -113,8 +113,11 @@ class OptimEntry:
 
     ``kwargs`` are the constructor arguments of the configuration; ``variants`` are extra argument sets that the
     path-equivalence test also runs (each on top of ``kwargs``), ``resume_variants`` those that the resume test
-    also runs (configurations whose state differs). ``mask_free``: the configuration has no mask and
-    no alpha, so every tensor must report alpha 1 and mask ratio 1. ``requires``: modules that must be importable.
+    also runs (configurations whose state differs). ``needs_names``: the optimizer refuses parameters without
+    names; ``named``: the entry is built with names although it does not need them (its configuration reads
+    names, e.g. the 8-bit embedding rule); other entries are built without names. ``mask_free``: the configuration
+    has no mask and no alpha, so every tensor must report alpha 1 and mask ratio 1. ``requires``: modules that must
+    be importable.
     """
 
     name: str
@@ -125,6 +128,7 @@ class OptimEntry:
     tolerances: dict[torch.dtype, Tolerance]
     needs_names: bool
     bad_args: tuple[BadArg, ...]
+    named: bool = False
     mask_free: bool = False
     variants: tuple[dict[str, Any], ...] = ()
     resume_variants: tuple[dict[str, Any], ...] = ()
@@ -138,11 +142,16 @@ class OptimEntry:
         vectors = [(n, p) for n, p in named_params if p.dim() < 2]
         groups = [{"params": matrices, "name": "decay"},
                   {"params": vectors, "name": "no_decay", "weight_decay": 0.0}]
-        if not self.needs_names:  # also check that the entry works without names
+        if not self.is_named:
             groups = [{"params": [p for _, p in g["params"]], **{k: v for k, v in g.items() if k != "params"}}
                       for g in groups]
         kwargs = {"lr": LR, "weight_decay": 0.1, **self.kwargs, **path.kwargs, **overrides}
         return self.cls(groups, **kwargs)
+
+    @property
+    def is_named(self) -> bool:
+        """Whether :meth:`build` passes parameter names."""
+        return self.needs_names or self.named
 
     def tolerance(self, path: Path, dtype: torch.dtype) -> Tolerance:
         """How closely ``path`` must follow the reference loop for ``dtype`` parameters."""
@@ -268,7 +277,7 @@ OPTIM_DB: tuple[OptimEntry, ...] = (
     # min_8bit_size=32: the table's tensors are small; the embedding keeps 32-bit moments (quantize_embeddings off)
     OptimEntry("alphaadam_8bit", AlphaAdam, {"state_bits": 8, "min_8bit_size": 32},
                (REFERENCE, FOREACH, ALPHAADAM_DEFAULT),
-               ALL_DTYPES, EIGHT_BIT_TOLERANCES, needs_names=True,
+               ALL_DTYPES, EIGHT_BIT_TOLERANCES, needs_names=False, named=True,
                bad_args=ALPHAADAM_BAD_ARGS, requires=("bitsandbytes",),
                variants=({"mask": "sync", "alpha": "count"}, {"quantize_embeddings": True},
                          {"bf16_update": "stochastic"}),
@@ -303,7 +312,7 @@ OPTIM_DB: tuple[OptimEntry, ...] = (
     # the masked variants of adadiag / adadiag_pp run on the path test; this entry adds names (embeddings stay
     # AdamW), the resume, statistics and grad=None checks with a mask
     OptimEntry("adadiag_masked", AdaDiag, {"update_freq": 3, "mask": "async", "alpha": "norm"}, STRUCTURED_PATHS,
-               ALL_DTYPES, ADADIAG_TOLERANCES, needs_names=True, bad_args=ADADIAG_BAD_ARGS,
+               ALL_DTYPES, ADADIAG_TOLERANCES, needs_names=False, named=True, bad_args=ADADIAG_BAD_ARGS,
                resume_variants=({"two_sided": True, "moment_space": "original"},)),
 )
 
@@ -355,12 +364,16 @@ def run_steps(optimizer: Optimizer, params, steps: int, start: int = 0, none_eve
         optimizer.step()
 
 
-def step_together(pairs, steps: int, none_every: int | None = None, each_step=None) -> None:
+def step_together(pairs, steps: int, none_every: int | None = None, each_step=None, schedule: bool = False) -> None:
     """Step every ``(optimizer, params)`` pair ``steps`` times on the same :func:`random_grads` (drawn for the
-    first pair's params); ``each_step()``, if given, runs after each step of all of them."""
+    first pair's params); ``each_step()``, if given, runs after each step of all of them. With ``schedule``, lr
+    follows :func:`lr_at`."""
     for step in range(steps):
         grads = random_grads(pairs[0][1], step, none_every)
         for optimizer, params in pairs:
+            if schedule:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step)
             set_grads(params, grads)
             optimizer.step()
         if each_step is not None:

@@ -25,6 +25,7 @@ from optim_db import (
     set_grads,
     state_tensors,
     state_tensors_of,
+    step_together,
 )
 
 DTYPE_IDS = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16"}
@@ -68,7 +69,7 @@ def _tensor_groups(entry, named) -> dict[str, str]:
     """Tensor name -> group name, as ``statistics(per_tensor=True)`` reports them: the parameter names, or
     ``group<g>.<position>`` for an entry built without names."""
     groups = {"decay": [n for n, p in named if p.dim() >= 2], "no_decay": [n for n, p in named if p.dim() < 2]}
-    return {(name if entry.needs_names else f"{group}.{position}"): group
+    return {(name if entry.is_named else f"{group}.{position}"): group
             for group, names in groups.items() for position, name in enumerate(names)}
 
 
@@ -81,13 +82,8 @@ def test_path_matches_reference_on_params_state_and_statistics(entry, dtype, pat
     ref_named, fast_named = named_params(dtype=dtype), named_params(dtype=dtype)
     reference = entry.build(ref_named, REFERENCE, **variant)
     fast = entry.build(fast_named, path, **variant)
-    for step in range(PATH_STEPS):
-        grads = random_grads(_tensors(ref_named), step, none_every=NONE_EVERY)
-        for optimizer, named in ((reference, ref_named), (fast, fast_named)):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step)
-            set_grads(_tensors(named), grads)
-            optimizer.step()
+    step_together([(reference, _tensors(ref_named)), (fast, _tensors(fast_named))], PATH_STEPS,
+                  none_every=NONE_EVERY, schedule=True)
     tolerance = entry.tolerance(path, dtype)
     for (name, a), (_, b) in zip(ref_named, fast_named):
         torch.testing.assert_close(b, a, rtol=tolerance.rtol, atol=tolerance.atol, msg=lambda m: f"{name}: {m}")
@@ -212,6 +208,18 @@ def test_parameters_without_grad_are_untouched_and_get_no_state(entry, dtype, pa
 
 
 # ------------------------------------------------------------------------------------------------ refusals
+
+
+@pytest.mark.parametrize("entry", _entries())
+def test_parameters_without_names_are_refused_only_where_names_are_needed(entry):
+    unnamed = [p for _, p in named_params(dtype=torch.float32)]
+    if entry.needs_names:
+        with pytest.raises(ValueError, match="needs parameter names"):
+            entry.cls(unnamed, **entry.kwargs)
+    else:
+        optimizer = entry.cls(unnamed, **entry.kwargs)
+        run_steps(optimizer, unnamed, 1)
+        assert len(optimizer.statistics(per_tensor=True)["tensors"]) == len(unnamed)
 
 
 @pytest.mark.parametrize("entry", _entries())
