@@ -158,10 +158,11 @@ def _shape_rules() -> Iterator[None]:
     ``use_duck_shape=False``: tensors of equal size get separate symbols (no guard that two sizes stay equal);
     ``backed_size_oblivious=True``: sizes 0 and 1 are not specialised (a 1-element tensor in a chunk would
     otherwise compile a graph of its own). Only tracing reads these settings; they are set around each call.
+    Grad mode is part of a graph's guards: the kernels always run under ``no_grad`` (as in ``step()``).
     """
     from torch.fx.experimental import _config as shape_config
 
-    with shape_config.patch(use_duck_shape=False, backed_size_oblivious=True):
+    with shape_config.patch(use_duck_shape=False, backed_size_oblivious=True), torch.no_grad():
         yield
 
 
@@ -278,13 +279,16 @@ def _chunks(lists: list[list[Tensor]], size: int) -> list[list[list[Tensor]]]:
     return [[values[start:start + size] for values in full] for start in range(0, n + padded, size)]
 
 
-def _padded_table(rows: Tensor, size: int) -> Tensor:
-    """``[n, c]`` rows padded with ones to a multiple of ``size`` rows, as ``[chunks, size, c]`` (ones: every
-    padded entry gives finite numbers)."""
+def _padded_table(rows: Tensor, size: int) -> list[Tensor]:
+    """``[n, c]`` rows padded with ones (finite numbers for the scratch entries) to a multiple of ``size`` rows,
+    cut into one ``[size, c]`` table per chunk.
+
+    Each table is a copy, not a view: dynamo guards on a view's storage offset (offset 0 and the others would
+    compile separate graphs) and on its base."""
     padding = -rows.shape[0] % size
     if padding:
         rows = torch.cat([rows, rows.new_ones(padding, rows.shape[1])])
-    return rows.view(-1, size, rows.shape[1])
+    return [table.clone() for table in rows.view(-1, size, rows.shape[1])]
 
 
 def _step_scalars(steps: Tensor, beta: float) -> Tensor:
@@ -349,13 +353,13 @@ def _compiled_alphaadam(
                 ones = torch.ones_like(local_numel)
                 sums = torch.stack([ones, ones, local_numel], dim=-1)
             else:
-                table = torch.empty(len(chunks), size, 3, dtype=dtype, device=device)
-                for (_, g, m, v), pre_table, sums_table in zip(chunks, pre, table):
+                tables = [torch.empty(size, 3, dtype=dtype, device=device) for _ in chunks]
+                for (_, g, m, v), pre_table, sums_table in zip(chunks, pre, tables):
                     if alpha == "norm":
                         _run("sums_norm", m, v, g, pre_table, sums_table)
                     else:
                         _run("sums_count", m, g, pre_table, sums_table)
-                sums = table.view(-1, 3)[:n]
+                sums = torch.cat(tables)[:n]
             if reduce_sums is not None:
                 sums = reduce_sums(sums, list(indices))
 
@@ -408,8 +412,15 @@ def _compiled_momentum_free(params: list[Tensor], grads: list[Tensor], exp_avg_s
 
 def _as_flat(tensors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     """1-D views of the tensors; contiguous copies (written back after the step) for non-contiguous ones."""
-    # a view of a Parameter is a plain tensor: dynamo does not give it a parameter's static shapes
-    return tuple((t if t.is_contiguous() else t.contiguous()).view(-1) for t in tensors)
+    return tuple(_flat(t if t.is_contiguous() else t.contiguous()) for t in tensors)
+
+
+def _flat(tensor: Tensor) -> Tensor:
+    # a view of a Parameter requires grad even under no_grad, and dynamo guards on requires_grad: a chunk mixing
+    # parameters with scratch tensors (or with the fp32 masters of bf16 parameters) would compile a graph per
+    # pattern. detach() only where needed: it costs a few microseconds per tensor.
+    flat = tensor.view(-1)
+    return flat.detach() if flat.requires_grad else flat
 
 
 def _copy_back_if_needed(originals: tuple[Tensor, ...], computed: tuple[Tensor, ...]) -> None:
