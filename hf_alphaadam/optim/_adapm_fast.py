@@ -25,12 +25,12 @@ from torch.optim.optimizer import _get_value
 
 from . import _native, _tensor_threads
 from ._adam_engine import alphaadam
-from ._adapm_paths import StatisticsBucket, _canonical, _refit
+from ._adapm_paths import StatisticsBucket, _canonical, _refit, _residual_scale
 from ._masking import sign_agreement, step_scale, unmasked_step
 from ._policy import MomentumPlan
 from ._sharding import SumsReducer, local
 from ._step_options import AdamStep, Tensors
-from ._state import compute_dtype
+from ._state import as_dtype, compute_dtype, copy_back
 
 
 def _multi_tensor_adapm(params: Tensors, grads: Tensors, states: list[dict[str, Any]], plans: list[MomentumPlan], *,
@@ -106,9 +106,7 @@ def _foreach_momentum_free(params: list[Tensor], grads: list[Tensor], exp_avg_sq
         bc2_sqrt = [math.sqrt(1 - beta2 ** _get_value(s)) for s in device_steps]
         for batch in _cache_batches([device_params, device_grads, device_v]):
             indices, (p_orig, g_orig, v_orig) = batch
-            p = [t if t.dtype == dtype else t.to(dtype) for t in p_orig]
-            g = [t if t.dtype == dtype else t.to(dtype) for t in g_orig]
-            v = [t if t.dtype == dtype else t.to(dtype) for t in v_orig]
+            p, g, v = as_dtype(p_orig, dtype), as_dtype(g_orig, dtype), as_dtype(v_orig, dtype)
             scales = [bc2_sqrt[i] for i in indices]
             if maximize:
                 g = torch._foreach_neg(g)
@@ -125,10 +123,8 @@ def _foreach_momentum_free(params: list[Tensor], grads: list[Tensor], exp_avg_sq
                 torch._foreach_add_(p, direction)
             else:
                 torch._foreach_addcdiv_(p, g, denom, [-lr * b for b in scales])
-            for originals, computed in ((p_orig, p), (v_orig, v)):
-                pairs = [(o, c) for o, c in zip(originals, computed) if o is not c]
-                if pairs:
-                    torch._foreach_copy_([o for o, _ in pairs], [c for _, c in pairs])
+            copy_back(p_orig, p)
+            copy_back(v_orig, v)
 
 
 #: elements per piece of the cache-blocked element-wise passes (CPU): a few arrays of this many floats stay in
@@ -318,11 +314,7 @@ def _structured_step(param: Tensor, grad: Tensor, state: dict[str, Any], plan: M
             elif residual == "clip":
                 approx = torch.mm(L, R, out=_empty_canonical(seg_rows, cols, plan, G, workspace, "approx"))
                 rest = target.sub_(approx)
-                rest_norm = torch.linalg.matrix_norm(rest)
-                limit = residual_clip * torch.linalg.matrix_norm(approx)
-                clip = torch.where(rest_norm > limit, limit / rest_norm.clamp_min(torch.finfo(rest.dtype).tiny),
-                                   torch.ones_like(rest_norm))
-                rest.mul_(clip).add_(approx)
+                rest.mul_(_residual_scale(rest, approx, residual_clip)).add_(approx)
             if not unmasked and mask == "sync":
                 phi_k = sign_agreement(target, Gs)
             parts.append((seg, target, bc1, phi_k))

@@ -81,11 +81,16 @@ def _residual_momentum(target: Tensor, approx: Tensor, residual: str, residual_c
     if residual == "none":
         return approx
     rest = target - approx
+    return approx + _residual_scale(rest, approx, residual_clip) * rest
+
+
+def _residual_scale(rest: Tensor, approx: Tensor, residual_clip: float) -> Tensor:
+    """``min(1, residual_clip ||L R|| / ||r||)`` per matrix (Frobenius norms; kept dims): the clip of the residual
+    ``r`` under ``residual="clip"``."""
     rest_norm = torch.linalg.matrix_norm(rest, keepdim=True)
     limit = residual_clip * torch.linalg.matrix_norm(approx, keepdim=True)
-    scale = torch.where(rest_norm > limit, limit / rest_norm.clamp_min(torch.finfo(rest.dtype).tiny),
-                        torch.ones_like(rest_norm))
-    return approx + scale * rest
+    return torch.where(rest_norm > limit, limit / rest_norm.clamp_min(torch.finfo(rest.dtype).tiny),
+                       torch.ones_like(rest_norm))
 
 
 def _single_tensor_adapm(params: Tensors, grads: Tensors, states: list[dict[str, Any]], plans: list[MomentumPlan], *,

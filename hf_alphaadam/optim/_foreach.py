@@ -16,7 +16,7 @@ from torch.optim.optimizer import _get_value
 from ._masking import alpha_from_sums, reported_alpha
 from ._sharding import SumsReducer
 from ._step_options import AdamStep, Tensors
-from ._state import compute_dtype
+from ._state import as_dtype, compute_dtype, copy_back
 
 # (positions within the lists passed to the functional core, alpha [n], mask ratio [n])
 StatisticsBucket = tuple[list[int], Tensor, Tensor]
@@ -32,12 +32,12 @@ def _multi_tensor_alphaadam(params: Tensors, grads: Tensors, exp_avgs: Tensors, 
     buckets: list[StatisticsBucket] = []
     for (device_params, device_grads, device_m, device_v, device_steps), indices in grouped.values():
         dtype = compute_dtype(device_params[0])
-        p = _as_dtype(device_params, dtype)
-        g = _as_dtype(device_grads, dtype)
+        p = as_dtype(device_params, dtype)
+        g = as_dtype(device_grads, dtype)
         if maximize:
             g = torch._foreach_neg(g)
-        m = _as_dtype(device_m, dtype)
-        v = _as_dtype(device_v, dtype)
+        m = as_dtype(device_m, dtype)
+        v = as_dtype(device_v, dtype)
 
         torch._foreach_add_(device_steps, 1)
         steps = [_get_value(step) for step in device_steps]
@@ -108,19 +108,8 @@ def _multi_tensor_alphaadam(params: Tensors, grads: Tensors, exp_avgs: Tensors, 
 
             alpha_values = reported_alpha(sums, alpha_values, alpha)
 
-        _copy_back(device_params, p)
-        _copy_back(device_m, m)
-        _copy_back(device_v, v)
+        copy_back(device_params, p)
+        copy_back(device_m, m)
+        copy_back(device_v, v)
         buckets.append((list(indices), alpha_values, mask_ratio))
     return buckets
-
-
-def _as_dtype(tensors: list[Tensor], dtype: torch.dtype) -> list[Tensor]:
-    """The tensors themselves where they already have ``dtype``, upcast copies elsewhere."""
-    return [t if t.dtype == dtype else t.to(dtype) for t in tensors]
-
-
-def _copy_back(originals: list[Tensor], computed: list[Tensor]) -> None:
-    pairs = [(o, c) for o, c in zip(originals, computed) if o is not c]
-    if pairs:
-        torch._foreach_copy_([o for o, _ in pairs], [c for _, c in pairs])

@@ -42,6 +42,7 @@ from torch import Tensor
 
 from ._masking import alpha_from_sums, reported_alpha
 from ._sharding import SumsReducer
+from ._state import copy_back
 from ._step_options import AdamStep, Tensors
 
 logger = logging.getLogger(__name__)
@@ -239,12 +240,6 @@ def _working_copies(*tensor_lists: list[Tensor]) -> list[list[Tensor]]:
     return [[t if t.is_contiguous() else t.contiguous() for t in tensors] for tensors in tensor_lists]
 
 
-def _write_back(originals: list[Tensor], computed: list[Tensor]) -> None:
-    for original, result in zip(originals, computed):
-        if original is not result:
-            original.copy_(result)
-
-
 def _tensor_arguments(tensors: list[list[Tensor]], whole_numels: list[int], state_steps: list[Tensor]) -> list:
     """The kernel's leading arguments: count, (p, g, m, v) pointer arrays, local and whole sizes, the steps."""
     n = len(tensors[0])
@@ -294,7 +289,7 @@ def _native_alphaadam(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_av
         options.mode = APPLY
         _call(arguments, options, None, alpha_values, decay)
     for originals, computed in zip((params, exp_avgs, exp_avg_sqs), (work[0], work[2], work[3])):
-        _write_back(originals, computed)
+        copy_back(originals, computed)
     mask_ratio = sums[:, 2].to(torch.float32) / numel
     if alpha == "norm":
         alpha_values = reported_alpha(sums.to(torch.float32), alpha_values, alpha)
@@ -343,8 +338,8 @@ def momentum_free_adam(params: list[Tensor], grads: list[Tensor], exp_avg_sqs: l
     arguments = _tensor_arguments([p, g, p, v], [t.numel() for t in p], state_steps)  # m: unused, any pointer
     _call(arguments, options, None, torch.ones(n, dtype=torch.float32),
           torch.full((n,), 1 - lr_value * weight_decay, dtype=torch.float32))
-    _write_back(params, p)
-    _write_back(exp_avg_sqs, v)
+    copy_back(params, p)
+    copy_back(exp_avg_sqs, v)
 
 
 def _runs(view: Tensor, run_axis: int) -> tuple[int, int, int] | None:

@@ -66,3 +66,16 @@ def restore_saved_dtypes(optimizer: torch.optim.Optimizer, state_dict: dict[str,
                 if isinstance(value, Tensor) and key != "step":
                     current[key] = value.to(device=param.device, copy=True)
 
+
+
+def as_dtype(tensors: list[Tensor], dtype: torch.dtype) -> list[Tensor]:
+    """The tensors themselves where they already have ``dtype``, converted copies elsewhere (the working copies a
+    path computes in; :func:`copy_back` writes them back)."""
+    return [t if t.dtype == dtype else t.to(dtype) for t in tensors]
+
+
+def copy_back(originals: list[Tensor], computed: list[Tensor]) -> None:
+    """Write each working copy into its original (cast to the original's dtype), where it is a copy."""
+    pairs = [(o, c) for o, c in zip(originals, computed) if o is not c]
+    if pairs:
+        torch._foreach_copy_([o for o, _ in pairs], [c for _, c in pairs])
