@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import _get_value
 
-from ._masking import alpha_from_sums, reported_alpha
+from ._masking import sign_agreements, step_scale, unmasked_step
 from ._sharding import SumsReducer
 from ._step_options import AdamStep, Tensors
 from ._state import as_dtype, compute_dtype, copy_back
@@ -43,16 +43,16 @@ def _multi_tensor_alphaadam(params: Tensors, grads: Tensors, exp_avgs: Tensors, 
         steps = [_get_value(step) for step in device_steps]
         bias_correction1 = [1 - beta1**step for step in steps]
         bias_correction2_sqrt = [math.sqrt(1 - beta2**step) for step in steps]
-        unmasked = [mask == "none" or (first_step == "full" and step == 1) for step in steps]
+        unmasked = [unmasked_step(mask, first_step, step) for step in steps]
 
         phi = None
         if mask == "async":
-            phi = torch._foreach_mul(m, g)  # m is still m_{t-1}
+            phi = sign_agreements(m, g)  # m is still m_{t-1}
         torch._foreach_lerp_(m, g, 1 - beta1)
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, g, g, value=1 - beta2)
         if mask == "sync":
-            phi = torch._foreach_mul(m, g)
+            phi = sign_agreements(m, g)
 
         if phi is None and alpha != "count" and not isinstance(lr, Tensor):
             # no mask and alpha = 1: exactly AdamW's foreach step, without materialising u
@@ -81,7 +81,8 @@ def _multi_tensor_alphaadam(params: Tensors, grads: Tensors, exp_avgs: Tensors, 
                 sums = torch.stack([zeros, zeros, local_numel], dim=-1)
             else:
                 for phi_t, full in zip(phi, unmasked):
-                    phi_t.gt_(0) if not full else phi_t.fill_(1)  # float 0/1, in the product's buffer
+                    if full:
+                        phi_t.fill_(1)
                 count = torch.stack(torch._foreach_norm(phi, 1)).to(dtype)  # phi >= 0: the L1 norm is sum(phi)
                 if alpha == "norm":  # only the norm rule needs ||u|| and ||phi * u||
                     norm_u = torch.stack(torch._foreach_norm(u)).to(dtype)
@@ -95,18 +96,15 @@ def _multi_tensor_alphaadam(params: Tensors, grads: Tensors, exp_avgs: Tensors, 
             if reduce_sums is not None:
                 sums = reduce_sums(sums, list(indices))
 
-            alpha_values = alpha_from_sums(sums, numel, alpha, alpha_max)
-            mask_ratio = sums[:, 2] / numel
-            moved = (sums[:, 2] > 0).to(dtype)
+            scale = step_scale(sums, numel, alpha, alpha_max)
             if weight_decay != 0:
-                torch._foreach_mul_(p, (1 - lr * weight_decay * moved).unbind(0))
+                torch._foreach_mul_(p, (1 - lr * weight_decay * scale.moved).unbind(0))
             if alpha == "none" and not isinstance(lr, Tensor):
                 torch._foreach_add_(p, u, alpha=-lr)
             else:
-                torch._foreach_mul_(u, (-lr * alpha_values).unbind(0))
+                torch._foreach_mul_(u, (-lr * scale.alpha).unbind(0))
                 torch._foreach_add_(p, u)
-
-            alpha_values = reported_alpha(sums, alpha_values, alpha)
+            alpha_values, mask_ratio = scale.reported, scale.mask_ratio
 
         copy_back(device_params, p)
         copy_back(device_m, m)

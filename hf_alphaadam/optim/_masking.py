@@ -1,8 +1,9 @@
 """The per-tensor step rules of the masked-Adam family: the sign-agreement mask, alpha, and what an empty mask means.
 
 Every Python path of every optimizer (AlphaAdam's reference, foreach and compiled paths, AdaPM's and AdaDiag's
-paths) takes these rules from here: :func:`unmasked_step` (when the mask is 1 everywhere) and :func:`step_scale`
-(alpha, the reported alpha, the mask ratio and whether the tensor moves, from the three sums). The native C
+paths) takes these rules from here: :func:`sign_agreement` / :func:`sign_agreements` (the mask), :func:`unmasked_step`
+(when the mask is 1 everywhere) and :func:`step_scale` (alpha, the reported alpha, the mask ratio and whether the
+tensor moves, from the three sums). The native C
 kernel (``_native/alphaadam_cpu.c``, ``rule_of``) is the one other place that states them; a test feeds both the
 same sums (``tests/optim/test_step_rules.py``).
 
@@ -67,6 +68,14 @@ def step_scale(sums: Tensor, numel: Tensor, alpha: str, alpha_max: float | None)
 def sign_agreement(momentum: Tensor, grad: Tensor) -> Tensor:
     """The mask ``1(momentum * grad > 0)`` as 0/1 in the inputs' dtype (strict: a zero in either gives 0)."""
     return torch.mul(momentum, grad).gt_(0)
+
+
+def sign_agreements(momenta: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+    """:func:`sign_agreement` over lists of tensors (``torch._foreach_*``), for the multi-tensor paths."""
+    products = torch._foreach_mul(momenta, grads)
+    for product in products:
+        product.gt_(0)
+    return products
 
 
 def alpha_from_sums(sums: Tensor, numel: Tensor, alpha: str, alpha_max: float | None) -> Tensor:

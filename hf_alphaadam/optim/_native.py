@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._masking import alpha_from_sums, reported_alpha
+from ._masking import reported_alpha, step_scale
 from ._sharding import SumsReducer
 from ._state import copy_back
 from ._step_options import AdamStep, Tensors
@@ -281,18 +281,19 @@ def _native_alphaadam(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_av
     alpha_values = torch.ones(n, dtype=torch.float32)
     _call(arguments, options, sums, alpha_values if reduce_sums is None else None, None)
     numel = torch.tensor(whole, dtype=torch.float32)
-    if reduce_sums is not None:
-        sums = reduce_sums(sums.to(torch.float32), list(range(n)))
-        alpha_values = alpha_from_sums(sums, numel, alpha, alpha_max).to(torch.float32).contiguous()
-        moved = (sums[:, 2] > 0).to(torch.float32)
-        decay = (1 - (lr_value * weight_decay) * moved).to(torch.float32).contiguous()
+    sums = sums.to(torch.float32)
+    if reduce_sums is not None:  # the step rules on the global sums, then the kernel applies them
+        sums = reduce_sums(sums, list(range(n)))
+        scale = step_scale(sums, numel, alpha, alpha_max)
+        alpha_values = scale.alpha.to(torch.float32).contiguous()
+        decay = (1 - (lr_value * weight_decay) * scale.moved).to(torch.float32).contiguous()
         options.mode = APPLY
         _call(arguments, options, None, alpha_values, decay)
     for originals, computed in zip((params, exp_avgs, exp_avg_sqs), (work[0], work[2], work[3])):
         copy_back(originals, computed)
-    mask_ratio = sums[:, 2].to(torch.float32) / numel
+    mask_ratio = sums[:, 2] / numel
     if alpha == "norm":
-        alpha_values = reported_alpha(sums.to(torch.float32), alpha_values, alpha)
+        alpha_values = reported_alpha(sums, alpha_values, alpha)
     return [(list(range(n)), alpha_values, mask_ratio)]
 
 
