@@ -38,11 +38,16 @@ def test_recommend_needs_the_target_and_no_more_memory():
     rows["mini"]["momentum_bytes"] = 39  # now strictly better on loss and both memories
     pick = adapm_ablation.recommend(rows)
     assert pick["variant"] == "mini" and pick["options"] == {"second_moment": "mini"}
-    rows["rank4"] = row(2.015, 0.75, 20, 120)  # within 1 % at less memory, and lower loss than mini
+    rows["rank4"] = row(2.025, 0.75, 20, 120)  # within 1 % at less memory: the least momentum wins
     pick = adapm_ablation.recommend(rows)
     assert pick["variant"] == "rank4" and pick["qualified"] == ["mini", "rank4"]
     rows["rank4"]["final_loss"] = math.inf  # a diverged variant never qualifies
     assert adapm_ablation.recommend(rows)["variant"] == "mini"
+    rows["refit2"] = row(2.001, 0.05, 40, 140)  # within 1 % at the default's memory: lower loss alone is no reason
+    rows["default"]["gap_pct"] = 0.9
+    assert adapm_ablation.recommend(rows)["variant"] == "mini"
+    del rows["mini"]
+    assert adapm_ablation.recommend(rows)["variant"] == "default"  # tie on memory: the lower loss, here the default
 
 
 def test_recommend_keeps_a_default_that_already_meets():
