@@ -17,8 +17,9 @@ Sections (``--skip`` leaves some out), each timed and recorded with its verdict:
 
 On a GPU (default) sizes are real (Llama-1B: 1.24B parameters) and the report goes to
 ``benchmarks/results/gpu_<device>.json``, the device named inside; the whole check is sized to finish in under
-8 minutes on one GPU. ``--cpu`` runs the same code on the CPU with small sizes and writes to
-``outputs/device_check/`` (never ``benchmarks/results/``): CI runs it, so the script cannot rot.
+8 minutes on one GPU (not yet timed on one: no GPU was available when it was written). ``--cpu`` runs the same
+code on the CPU with small sizes and writes to ``outputs/device_check/`` (never ``benchmarks/results/``): CI
+runs it, so the script cannot rot.
 """
 
 from __future__ import annotations
