@@ -213,7 +213,8 @@ def test_messages_name_the_key_the_value_and_what_is_allowed(schema, key, value,
 
 
 def test_check_group_normalises_in_place_and_leaves_other_entries():
-    group = {"params": ["p"], "name": "decay", "initial_lr": 0.1, "state_dtype": torch.bfloat16, "lr": torch.tensor(0.1)}
+    group = {"params": ["p"], "name": "decay", "initial_lr": 0.1, "state_dtype": torch.bfloat16,
+             "lr": torch.tensor(0.1)}
     assert ALPHAADAM_SCHEMA.check_group(group) is group
     assert group["state_dtype"] == "bfloat16" and group["params"] == ["p"] and group["initial_lr"] == 0.1
     for given, saved in [("bf16", "bfloat16"), ("fp32", "float32"), (torch.float16, "float16"), ("float64", "float64"),
