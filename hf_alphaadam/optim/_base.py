@@ -10,14 +10,13 @@
   8-bit moments and the bf16-update masters (``_precision.py``), and the statistics recorded per plan;
 - the sharding hooks: whole-tensor element counts and the reducer of per-tensor sums (``_sharding.py``).
 
-A subclass implements ``_validate_group``, ``_plan_detail`` (what its math needs to know per tensor),
-``_init_state`` / ``_check_state`` (its state), ``_update`` (the step over a list of :class:`~._plans.Slot`) and
-``_expected_state`` (what a load checks).
+A subclass sets ``OPTIONS`` (its option schema, ``_schemas.py``: every option's check, default and doc) and
+implements ``_plan_detail`` (what its math needs to know per tensor), ``_init_state`` / ``_check_state`` (its
+state), ``_update`` (the step over a list of :class:`~._plans.Slot`) and ``_expected_state`` (what a load checks).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any, Callable
 
@@ -26,8 +25,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import _get_scalar_dtype
 
-from . import _native, _precision
-from ._masking import validate_mask_options
+from . import _native, _precision, _quantized
+from ._options import OptionSchema
 from ._plans import Slot, TensorPlan, build_plans, plans_current
 
 # the options a tensor's route depends on (``_adam_engine.route_for``)
@@ -37,36 +36,6 @@ from ._sharding import SumsReducer, dtensor_sums_reducer, local, partition_sums_
 from ._state import resolve_state_dtype, restore_saved_dtypes, state_dtype_for
 from ._statistics import StatisticsMixin
 from ._validation import Expected
-
-
-def check_adam_hyperparameters(lr: float | Tensor, betas: tuple[float, float], eps: float,
-                               weight_decay: float) -> None:
-    """Raise a ValueError / TypeError naming the bad argument and the allowed range."""
-    if isinstance(lr, Tensor):
-        if lr.numel() != 1:
-            raise ValueError(f"lr as a tensor must have one element, got shape {tuple(lr.shape)}")
-        lr_value = float(lr)
-    elif isinstance(lr, (int, float)) and not isinstance(lr, bool):
-        lr_value = float(lr)
-    else:
-        raise TypeError(f"lr must be a non-negative number, got {lr!r}")
-    if not (lr_value >= 0.0 and math.isfinite(lr_value)):
-        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"betas must be a pair (beta1, beta2) of numbers in [0, 1), got {betas!r}")
-    for index, beta in enumerate(betas):
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)):
-            raise TypeError(f"betas[{index}] must be a number in [0, 1), got {beta!r}")
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"betas[{index}] must be in [0, 1), got {beta!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-        raise TypeError(f"eps must be a number > 0, got {eps!r}")
-    if not (eps > 0.0 and math.isfinite(eps)):
-        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)):
-        raise TypeError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
-    if not (weight_decay >= 0.0 and math.isfinite(weight_decay)):
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
 
 
 def check_param_groups(optimizer: Optimizer) -> None:
@@ -99,12 +68,6 @@ def native_fits(param: Tensor, group: dict[str, Any], eight_bit: bool) -> bool:
     return eight_bit or state_dtype_for(param, resolve_state_dtype(group["state_dtype"])) == torch.float32
 
 
-def dtype_name(state_dtype: torch.dtype | str | None) -> str | None:
-    """Param groups store the state dtype by name so that ``state_dict()`` holds only plain values."""
-    resolved = resolve_state_dtype(state_dtype)
-    return None if resolved is None else str(resolved).removeprefix("torch.")
-
-
 class MaskedAdamBase(StatisticsMixin, Optimizer):
     """The common shell (see the module docstring). Not used directly."""
 
@@ -112,6 +75,8 @@ class MaskedAdamBase(StatisticsMixin, Optimizer):
     LAYOUT_OPTIONS: tuple[str, ...] = ()
     # what an empty parameter list is told to pass instead
     EMPTY_HINT = "pass at least one parameter"
+    # every option: its checks, defaults and docs (``_schemas.py``)
+    OPTIONS: OptionSchema
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any], *, partition_group: Any = None,
                  adopt_changed_settings: bool = False) -> None:
@@ -120,12 +85,8 @@ class MaskedAdamBase(StatisticsMixin, Optimizer):
         params = list(params)
         if len(params) == 0:
             raise ValueError(f"{type(self).__name__} got an empty parameter list: {self.EMPTY_HINT}")
-        if "state_dtype" in defaults:
-            defaults["state_dtype"] = dtype_name(defaults["state_dtype"])
         self._validate_group(defaults)
-        if not isinstance(adopt_changed_settings, bool):
-            raise ValueError(f"adopt_changed_settings must be True or False, got {adopt_changed_settings!r}")
-        self.adopt_changed_settings = adopt_changed_settings
+        self.adopt_changed_settings = self.OPTIONS.check("adopt_changed_settings", adopt_changed_settings)
         # id(group) -> (the plan-shaping options they were built with, the group's plans)
         self._plan_cache: dict[int, tuple[tuple, list[TensorPlan]]] = {}
         self._constructing = True
@@ -137,13 +98,13 @@ class MaskedAdamBase(StatisticsMixin, Optimizer):
 
     # ---------------------------------------------------------------------------------------------- groups
 
-    @staticmethod
-    def _validate_group(group: dict[str, Any]) -> None:
-        raise NotImplementedError
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        """Check and normalise every option of ``group`` (``OPTIONS``); 8-bit moments need bitsandbytes."""
+        self.OPTIONS.check_group(group)
+        if group.get("state_bits") == 8:
+            _quantized.require_bitsandbytes()  # fail at construction, not at the first step
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        if "state_dtype" in param_group:
-            param_group["state_dtype"] = dtype_name(param_group["state_dtype"])
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         self._validate_group(group)
@@ -314,7 +275,8 @@ class MaskedAdamBase(StatisticsMixin, Optimizer):
                 loss = closure()
         for group_index, group in enumerate(self.param_groups):
             # a group's options may have been edited since construction: an unknown mode must not reach a kernel
-            validate_mask_options(group["mask"], group["alpha"], group["alpha_max"], group["first_step"])
+            for key in ("mask", "alpha", "alpha_max", "first_step"):
+                self.OPTIONS.check(key, group[key])
             slots = self._gather(group, group_index)
             if not slots:
                 if group["params"] and self._joins_collectives(group, slots):

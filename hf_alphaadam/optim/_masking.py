@@ -34,9 +34,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-MASK_MODES = ("async", "sync", "none")
-ALPHA_MODES = ("norm", "count", "none")
-FIRST_STEP_MODES = ("full", "masked")
+from ._schemas import ALPHA_MODES, FIRST_STEP_MODES, MASK_MODES  # noqa: F401  (re-exported)
 
 
 def unmasked_step(mask: str, first_step: str, step: float) -> bool:
@@ -145,18 +143,3 @@ def masked_step(u: Tensor, phi: Tensor, alpha: str, alpha_max: float | None, num
     whole = torch.tensor([numel if numel is not None else u.numel()], dtype=sums.dtype, device=sums.device)
     scale = step_scale(sums, whole, alpha, alpha_max)
     return scale.alpha[0] * masked, scale.reported[0], scale.mask_ratio[0], scale.moved[0]
-
-
-def validate_mask_options(mask: str, alpha: str, alpha_max: float | None, first_step: str) -> None:
-    """Raise a clear error for an unknown mask / alpha mode or an out-of-range clamp."""
-    if mask not in MASK_MODES:
-        raise ValueError(f"mask must be one of {MASK_MODES}, got {mask!r}")
-    if alpha not in ALPHA_MODES:
-        raise ValueError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
-    if first_step not in FIRST_STEP_MODES:
-        raise ValueError(f"first_step must be one of {FIRST_STEP_MODES}, got {first_step!r}")
-    if alpha_max is not None:
-        if isinstance(alpha_max, bool) or not isinstance(alpha_max, (int, float)):
-            raise TypeError(f"alpha_max must be a number >= 1 or None, got {alpha_max!r}")
-        if not alpha_max >= 1.0:  # also rejects NaN
-            raise ValueError(f"alpha_max must be >= 1 (alpha only ever scales the masked step up), got {alpha_max!r}")

@@ -39,9 +39,7 @@ import math
 import re
 from dataclasses import dataclass
 
-POLICIES = ("none", "full", "lowrank")
-GROUP_POLICIES = ("auto",) + POLICIES
-SECOND_MOMENTS = ("adam", "mini")
+from ._schemas import ADAPM_SECOND_MOMENTS as SECOND_MOMENTS, GROUP_POLICIES, POLICIES  # noqa: F401
 
 #: GPT-2's Conv1D weights (stored ``(in, out)``).
 TRANSPOSED_PATTERN = r"(^|\.)(c_attn|c_proj|c_fc|q_attn)\.weight$"
@@ -176,29 +174,6 @@ def role_of(name: str) -> str | None:
         if re.search(pattern, name):
             return role
     return None
-
-
-def check_policy_name(key: str, value: object, allowed: tuple[str, ...] = POLICIES) -> None:
-    if value not in allowed:
-        raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
-
-
-def normalize_regex(key: str, value: object) -> str | None:
-    """``None``, a regex string, or a list / tuple of regexes (joined with ``|``); checked to compile."""
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)):
-        if not value or not all(isinstance(v, str) for v in value):
-            raise TypeError(f"{key} must be a regex string, a non-empty list of regex strings or None, got {value!r}")
-        value = "|".join(f"(?:{v})" for v in value)
-    if not isinstance(value, str):
-        raise TypeError(f"{key} must be a regex string (use '|' between alternatives), a list of them or None, "
-                        f"got {value!r}")
-    try:
-        re.compile(value)
-    except re.error as error:
-        raise ValueError(f"{key}={value!r} is not a valid regular expression: {error}") from None
-    return value
 
 
 def _search(pattern: str | None, name: str | None) -> bool:

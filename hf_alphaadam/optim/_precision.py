@@ -192,19 +192,3 @@ def adapt_loaded_state(saved: dict[str, Any], param: Tensor, saved_options: dict
     if options.get("bf16_update", "plain") != "kahan":
         entry.pop("compensation", None)
     return entry
-
-
-def check_precision_options(group: dict[str, Any]) -> None:
-    """``state_bits``, ``min_8bit_size``, ``quantize_embeddings`` and ``bf16_update`` of a group."""
-    if isinstance(group["state_bits"], bool) or group["state_bits"] not in _quantized.STATE_BITS:
-        raise ValueError(f"state_bits must be 32 or 8, got {group['state_bits']!r}")
-    min_8bit_size = group["min_8bit_size"]
-    if isinstance(min_8bit_size, bool) or not isinstance(min_8bit_size, int) or min_8bit_size < 0:
-        raise ValueError(f"min_8bit_size must be an int >= 0, got {min_8bit_size!r}")
-    if not isinstance(group["quantize_embeddings"], bool):
-        raise TypeError(f"quantize_embeddings must be a bool, got {group['quantize_embeddings']!r}")
-    if group["bf16_update"] not in _quantized.BF16_UPDATE_MODES:
-        raise ValueError(f"bf16_update must be one of {_quantized.BF16_UPDATE_MODES}, "
-                         f"got {group['bf16_update']!r}")
-    if group["state_bits"] == 8:
-        _quantized.require_bitsandbytes()  # fail at construction, not at the first step

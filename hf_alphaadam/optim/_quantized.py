@@ -57,10 +57,10 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from ._schemas import PRECISION
+
 BLOCKSIZE = 256
-MIN_8BIT_SIZE = 4096
-STATE_BITS = (8, 32)
-BF16_UPDATE_MODES = ("plain", "kahan", "stochastic")
+MIN_8BIT_SIZE = PRECISION["min_8bit_size"].default
 # parameter names recognised as embeddings (kept in 32-bit state by default, as the HF Trainer does for
 # bitsandbytes' 8-bit optimizers with every nn.Embedding): embed_tokens, word_embeddings, position_embeddings,
 # embed_positions, GPT-2's wte / wpe, ...

@@ -70,11 +70,11 @@ from torch import Tensor
 
 from . import _precision, _quantized
 from ._adadiag_paths import adadiag
-from ._base import MaskedAdamBase, check_adam_hyperparameters
-from ._masking import validate_mask_options
+from ._base import MaskedAdamBase
 from ._plans import Slot, TensorPlan
 from ._sharding import local
-from ._state import compute_dtype, resolve_state_dtype
+from ._state import compute_dtype
+from ._schemas import ADADIAG_SCHEMA
 from ._state_layout import adadiag_expected_state
 from ._validation import describe_mismatch
 
@@ -84,57 +84,21 @@ __all__ = ["AdaDiag", "adadiag", "EMBEDDING_PATTERN"]
 #: embeddings of Llama, GPT-2, BERT/RoBERTa, Qwen, T5 (``shared``) naming.
 EMBEDDING_PATTERN = r"embed|(^|\.)(wte|wpe|shared)(\.|$)"
 
-SIDES = ("auto", "left", "right")
-MOMENT_SPACES = ("rotated", "original")
-SECOND_MOMENTS = ("adam", "adafactor")
 
 
 class AdaDiag(MaskedAdamBase):
     r"""AdaDiag (one-sided) and AdaDiag++ (``two_sided=True``): Adam in an SVD-rotated basis.
 
     Args:
-        params: parameters, param groups, or ``(name, parameter)`` pairs. Names label statistics and drive
-            ``rotate`` (embeddings are recognised by name). Any option below can be overridden per group.
-        lr, betas, eps, weight_decay: as ``torch.optim.AdamW`` (decoupled weight decay, applied first; epsilon
-            after bias correction).
-        update_freq: ``T``, steps between basis refreshes (int >= 1). A tensor's basis is recomputed from its
-            current gradient at its steps 1, 1 + T, 1 + 2T, ... The paper's value was not recovered (GaLore
-            uses 200, SOAP 10); the default 10 is SOAP's (see ``benchmarks/adadiag.py`` for the sweep).
-        two_sided: ``False``: AdaDiag (one basis); ``True``: AdaDiag++ (left and right bases).
-        side: one-sided only: ``"auto"`` (default, the smaller dimension), ``"left"`` or ``"right"``.
-        moment_space: ``"rotated"`` (default; the first moment lives in the rotated basis, as the paper's
-            description) or ``"original"`` (SOAP-style: kept in the original space and rotated every step,
-            two extra matmuls). The second moment always lives in the rotated basis.
-        second_moment: ``"adam"`` (default, dense) or ``"adafactor"`` (row / column EMAs of the rotated squared
-            gradient, ``V = r c^T / mean(r)``; m + n numbers instead of m n).
-        reproject: at a refresh, carry the moments into the new basis (``M`` exactly; ``V`` through the squared
-            rotation, which is exact for the diagonal of a covariance). Default ``False``: the moments are reused
-            as they are (GaLore-like), as the paper's description reads. Costs only at refresh steps.
-        align_signs: default ``True``: at a refresh, flip each new singular vector whose overlap with the
-            corresponding old basis vector is negative (the first basis is aligned with the identity). An SVD fixes
-            singular vectors only up to sign, so without this, moments reused across a refresh may see some of
-            their rows/columns negated at random; with it the run is also independent of the LAPACK / cuSOLVER
-            sign convention. No effect on the math within one basis period.
-        rotate: ``"auto"`` (default), ``True``, ``False`` or a regex over parameter names (see the module doc).
-        max_dim: a side longer than this is not rotated (default 8192; ``None``: no limit).
-        mask, alpha, alpha_max, first_step: the AlphaAdam mask / alpha options (``_masking.py``); default
-            ``mask="none", alpha="none"``: no mask.
-        state_dtype: dtype of the moments (``None``: fp32 for bf16/fp16 parameters, else the parameter's dtype).
-            Bases are always kept in the compute dtype (fp32, or fp64 for fp64 parameters).
-        foreach: ``True`` for the batched path, ``False`` for the per-tensor reference; ``None`` (default):
-            batched.
-        maximize: maximize the objective.
-        partition_group: process group for flat-partition groups (``whole_numel``) of non-rotated tensors.
-        state_bits, min_8bit_size, quantize_embeddings: 8-bit moments as AlphaAdam's, for ``exp_avg`` and a dense
-            ``exp_avg_sq`` (bases and factored moments stay 32-bit). Default ``32``.
-        bf16_update: ``"plain"`` (default), ``"kahan"`` or ``"stochastic"`` writes of bf16 / fp16 parameters, as
-            AlphaAdam's.
-        adopt_changed_settings: on ``load_state_dict``, continue with changed settings instead of raising (as
-            AlphaAdam; ``_resume.py``). :attr:`LAYOUT_OPTIONS`, which shape the state, can never change.
 
     After each ``step()`` per-tensor alpha and mask ratio are kept as tensors (both 1 without a mask);
     :meth:`statistics` reads them.
     """
+
+    OPTIONS = ADADIAG_SCHEMA
+    __doc__ = OPTIONS.document(__doc__, params=(
+        "parameters, param groups, or ``(name, parameter)`` pairs. Names label statistics and drive ``rotate`` "
+        "(embeddings are recognised by name). Any option below can be overridden per group."))
 
     LAYOUT_OPTIONS = ("two_sided", "side", "moment_space", "second_moment", "rotate", "max_dim", "state_dtype")
 
@@ -178,40 +142,6 @@ class AdaDiag(MaskedAdamBase):
                          adopt_changed_settings=adopt_changed_settings)
 
     # ------------------------------------------------------------------------------------------------ groups
-
-    @staticmethod
-    def _validate_group(group: dict[str, Any]) -> None:
-        check_adam_hyperparameters(group["lr"], group["betas"], group["eps"], group["weight_decay"])
-        update_freq = group["update_freq"]
-        if isinstance(update_freq, bool) or not isinstance(update_freq, int):
-            raise TypeError(f"update_freq must be an integer >= 1 (steps between basis refreshes), "
-                            f"got {update_freq!r}")
-        if update_freq < 1:
-            raise ValueError(f"update_freq must be an integer >= 1 (steps between basis refreshes), "
-                             f"got {update_freq!r}")
-        for key in ("two_sided", "reproject", "align_signs", "maximize"):
-            if not isinstance(group[key], bool):
-                raise TypeError(f"{key} must be a bool, got {group[key]!r}")
-        for key, allowed in (("side", SIDES), ("moment_space", MOMENT_SPACES), ("second_moment", SECOND_MOMENTS)):
-            if group[key] not in allowed:
-                raise ValueError(f"{key} must be one of {allowed}, got {group[key]!r}")
-        rotate = group["rotate"]
-        if isinstance(rotate, str):
-            if rotate != "auto":
-                try:
-                    re.compile(rotate)
-                except re.error as error:
-                    raise ValueError(f"rotate={rotate!r} is not a valid regular expression: {error}") from None
-        elif not isinstance(rotate, bool):
-            raise TypeError(f"rotate must be 'auto', True, False or a regex over parameter names, got {rotate!r}")
-        max_dim = group["max_dim"]
-        if max_dim is not None and (isinstance(max_dim, bool) or not isinstance(max_dim, int) or max_dim < 1):
-            raise ValueError(f"max_dim must be None or an integer >= 1, got {max_dim!r}")
-        validate_mask_options(group["mask"], group["alpha"], group["alpha_max"], group["first_step"])
-        resolve_state_dtype(group["state_dtype"])
-        if group["foreach"] not in (None, True, False):
-            raise TypeError(f"foreach must be True, False or None, got {group['foreach']!r}")
-        _precision.check_precision_options(group)
 
     def _expected_state(self, options: dict[str, Any], group_index: int, position: int, param: Tensor,
                         saved: dict[str, Any]) -> tuple[dict[str, Any], str]:

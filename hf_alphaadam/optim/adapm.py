@@ -58,21 +58,16 @@ from torch import Tensor
 
 from . import _native, _precision, _quantized
 from ._adapm_paths import adapm
-from ._base import MaskedAdamBase, check_adam_hyperparameters, native_fits
-from ._masking import validate_mask_options
+from ._base import MaskedAdamBase, native_fits
 from ._plans import Slot, TensorPlan
 from ._policy import (
-    GROUP_POLICIES,
-    POLICIES,
-    SECOND_MOMENTS,
     MomentumPlan,
     build_plan,
-    check_policy_name,
     format_table,
-    normalize_regex,
 )
 from ._sharding import local
 from ._state import resolve_state_dtype, state_dtype_for
+from ._schemas import ADAPM_SCHEMA
 from ._state_layout import adapm_expected_state
 from ._validation import Expected, describe_mismatch
 
@@ -80,7 +75,6 @@ __all__ = ["AdaPM", "adapm", "optimizer_state_memory", "compare_with_adamw"]
 
 logger = logging.getLogger(__name__)
 
-RESIDUALS = ("full", "none", "clip")
 REGEX_OPTIONS = ("none_modules", "full_modules", "lowrank_modules", "fused_qkv_modules", "transposed_modules")
 POLICY_OPTIONS = ("rank", "second_moment", "head_dim", "policy", "lm_head", "other", "dense_fallback") + REGEX_OPTIONS
 MOMENTUM_KEYS = ("exp_avg", "lowrank_left", "lowrank_right")
@@ -90,56 +84,16 @@ class AdaPM(MaskedAdamBase):
     r"""AdaPM-style partial momentum (see the module docstring for the rule and ``_policy.py`` for the blocks).
 
     Args:
-        params: ``(name, parameter)`` pairs (e.g. ``model.named_parameters()``), or groups with a ``param_names``
-            list. Names choose each tensor's momentum. Without names a group must set ``policy`` to
-            ``"none"|"full"|"lowrank"`` (one rule for all its matrices); otherwise a ValueError says how to pass
-            names. (Shape alone cannot tell a token embedding or an o_proj from an MLP matrix, and silently giving
-            them low-rank momentum would not be AdaPM.) Any option below may be overridden per group.
-        lr, betas, eps, weight_decay: as ``torch.optim.AdamW`` (decoupled weight decay, applied first; epsilon
-            after bias correction).
-        rank: rank ``r`` of low-rank momentum (int >= 1; capped at ``min(rows, cols)`` of each block). Default 16:
-            the paper's value was not recovered; 16 is the largest power of two whose momentum stays <= 10 % of
-            AdamW's for GPT-2 small..large (``benchmarks/memory.py``).
-        second_moment: ``"adam"`` (default, element-wise) or ``"mini"`` (Adam-mini style: one value per output
-            row, per head for query / key when ``head_dim`` is given; 1-D tensors keep the element-wise v).
-        head_dim: attention head dimension for ``second_moment="mini"`` (``None``: per row for q / k as well).
-        refit_iters: subspace-iteration steps per refit of the low-rank factors (int >= 0; default 1, one
-            warm-started power-iteration step; 0 keeps the initial random basis, a GaLore-like fixed projection).
-        residual: what the update uses from a low-rank block: ``"full"`` (default; ``m~``, exact for the current
-            gradient, only the carried state is low-rank), ``"none"`` (the refit ``L R``) or ``"clip"`` (``L R`` plus
-            the residual with its norm capped at ``residual_clip * ||L R||``). The paper's residual / clip step is
-            not public: ``"full"`` is its identity-clip reading.
-        residual_clip: the cap for ``residual="clip"`` (> 0; default 1.0).
-        policy: ``"auto"`` (default; by name) or ``"none"|"full"|"lowrank"`` for every matrix of the group.
-        none_modules, full_modules, lowrank_modules: regexes (``re.search`` on parameter names; ``|`` between
-            alternatives, since the Trainer's ``optim_args`` cannot carry commas) that override the defaults, in
-            this order. A regex given explicitly that matches no parameter name is an error.
-        lm_head: momentum of an untied ``lm_head`` (default ``"none"``, like the token embedding).
-        other: momentum of matrices no rule recognises (default ``"full"``).
-        fused_qkv_modules: regex of fused q|k|v weights split into three output slices (``"auto"``: GPT-2's
-            ``attn.c_attn``; ``None``: split nothing).
-        transposed_modules: regex of weights stored ``(in, out)`` (``"auto"``: GPT-2's Conv1D names).
-        dense_fallback: a block whose factors would hold as many numbers as the matrix (``r (rows + cols) >=
-            rows cols``) gets full momentum instead (same maths, less memory). Default True.
-        mask, alpha, alpha_max, first_step: the AlphaAdam mask / alpha options (``_masking.py``); default no mask.
-        state_dtype: dtype of all state tensors (``None``: fp32 for bf16/fp16 parameters, else the parameter's).
-        seed: seed of the initial random bases (combined with each tensor's name).
-        foreach: ``True`` fast path, ``False`` per-tensor reference, ``None`` (default): fast path.
-        maximize: maximize the objective.
-        partition_group: process group for flat-partition (``whole_numel``) groups.
-        log_policy: log the per-tensor policy table once at construction (INFO, main process only).
-        tensor_threads: worker threads for the low-rank / compact tensors of the fast path on the CPU, each with
-            single-threaded torch kernels (``_tensor_threads.py``; their small matrix products do not speed up
-            with more MKL threads, whole tensors side by side do). ``None`` (default): ``torch.get_num_threads()``
-            for CPU tensors, where the per-thread limits work; ``1``: one tensor after another. Not state.
-        state_bits, min_8bit_size, quantize_embeddings: 8-bit moments as AlphaAdam's, for the full-size
-            ``exp_avg`` / ``exp_avg_sq`` of element-wise (full / no momentum) blocks; low-rank factors, compact v
-            and partial-row moments stay 32-bit. Default ``32``.
-        bf16_update: ``"plain"`` (default), ``"kahan"`` or ``"stochastic"`` writes of bf16 / fp16 parameters, as
-            AlphaAdam's.
-        adopt_changed_settings: on ``load_state_dict``, continue with changed settings instead of raising (as
-            AlphaAdam; ``_resume.py``). :attr:`LAYOUT_OPTIONS`, which shape the state, can never change.
+
     """
+
+    OPTIONS = ADAPM_SCHEMA
+    __doc__ = OPTIONS.document(__doc__, params=(
+        "``(name, parameter)`` pairs (e.g. ``model.named_parameters()``), or groups with a ``param_names`` list. "
+        "Names choose each tensor's momentum. Without names a group must set ``policy`` to "
+        "``'none'|'full'|'lowrank'`` (one rule for all its matrices); otherwise a ValueError says how to pass names. "
+        "(Shape alone cannot tell a token embedding or an o_proj from an MLP matrix, and silently giving them "
+        "low-rank momentum would not be AdaPM.) Any option below may be overridden per group."))
 
     LAYOUT_OPTIONS = ("rank", "second_moment", "head_dim", "policy", "none_modules", "full_modules",
                       "lowrank_modules", "lm_head", "other", "fused_qkv_modules", "transposed_modules",
@@ -193,10 +147,8 @@ class AdaPM(MaskedAdamBase):
                         first_step=first_step, state_dtype=state_dtype, seed=seed, foreach=foreach,
                         maximize=maximize, state_bits=state_bits, min_8bit_size=min_8bit_size,
                         quantize_embeddings=quantize_embeddings, bf16_update=bf16_update)
-        if tensor_threads is not None and (isinstance(tensor_threads, bool) or not isinstance(tensor_threads, int)
-                                           or tensor_threads < 1):
-            raise ValueError(f"tensor_threads must be None or an integer >= 1, got {tensor_threads!r}")
-        self.tensor_threads = tensor_threads
+        self.tensor_threads = self.OPTIONS.check("tensor_threads", tensor_threads)
+        log_policy = self.OPTIONS.check("log_policy", log_policy)
         self._workspace: dict[Any, Tensor] = {}  # reusable CPU scratch of the fast path (not state)
         super().__init__(params, defaults, partition_group=partition_group,
                          adopt_changed_settings=adopt_changed_settings)
@@ -205,44 +157,6 @@ class AdaPM(MaskedAdamBase):
             _log_main_process("AdaPM per-tensor policy:\n" + self.policy_table())
 
     # ------------------------------------------------------------------------------------------------ groups
-
-    @staticmethod
-    def _validate_group(group: dict[str, Any]) -> None:
-        check_adam_hyperparameters(group["lr"], group["betas"], group["eps"], group["weight_decay"])
-        validate_mask_options(group["mask"], group["alpha"], group["alpha_max"], group["first_step"])
-        resolve_state_dtype(group["state_dtype"])
-        rank = group["rank"]
-        if isinstance(rank, bool) or not isinstance(rank, int):
-            raise TypeError(f"rank must be an integer >= 1 (the rank of low-rank momentum), got {rank!r}")
-        if rank < 1:
-            raise ValueError(f"rank must be an integer >= 1 (the rank of low-rank momentum), got {rank!r}")
-        iters = group["refit_iters"]
-        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
-            raise ValueError(f"refit_iters must be an integer >= 0, got {iters!r}")
-        head_dim = group["head_dim"]
-        if head_dim is not None and (isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1):
-            raise ValueError(f"head_dim must be None or an integer >= 1, got {head_dim!r}")
-        check_policy_name("second_moment", group["second_moment"], SECOND_MOMENTS)
-        check_policy_name("residual", group["residual"], RESIDUALS)
-        check_policy_name("policy", group["policy"], GROUP_POLICIES)
-        check_policy_name("lm_head", group["lm_head"], POLICIES)
-        check_policy_name("other", group["other"], POLICIES)
-        clip = group["residual_clip"]
-        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not (clip > 0 and math.isfinite(clip)):
-            raise ValueError(f"residual_clip must be a finite number > 0, got {clip!r}")
-        for key in REGEX_OPTIONS:
-            if key in ("fused_qkv_modules", "transposed_modules") and group[key] == "auto":
-                continue
-            group[key] = normalize_regex(key, group[key])
-        seed = group["seed"]
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an integer, got {seed!r}")
-        for key in ("dense_fallback", "maximize"):
-            if not isinstance(group[key], bool):
-                raise TypeError(f"{key} must be a bool, got {group[key]!r}")
-        if group["foreach"] not in (None, True, False):
-            raise TypeError(f"foreach must be True, False or None, got {group['foreach']!r}")
-        _precision.check_precision_options(group)
 
     def _group_added(self, group: dict[str, Any]) -> None:
         if not self._constructing:
