@@ -118,17 +118,10 @@ DISPATCH: dict[str, Option] = {
     "fused": Option(bool, none=True, default=None,
                     help="two-pass step: native C kernel (fp32 CPU) or torch.compile'd kernels (none: automatic; "
                          "false: foreach)",
-                    doc="the two-pass step. ``True``: the native C kernel when every tensor of the group is an fp32 "
-                        "CPU tensor and the kernel builds here (``_native.py``), else each tensor of at least "
-                        "``COMPILE_MIN_NUMEL`` (65536) elements as two ``torch.compile``d kernels (a reduction "
-                        "pass, then the update pass; smaller tensors take the foreach path; the first step "
-                        "compiles, tens of seconds on a CPU, cached on disk by inductor for later processes). "
-                        "``None`` (with ``foreach=None``): the native kernel where it applies; otherwise the "
-                        "compiled kernels for a param group of at least ``AUTO_COMPILE_MIN_NUMEL`` (2^24) elements "
-                        "when ``torch.compile`` works here, else the foreach path; a failed build or compilation "
-                        "is logged once as a warning and the next path is used. ``False``: neither. All are tested "
-                        "equal to the reference loop. ``HF_ALPHAADAM_NATIVE=0`` in the environment turns the native "
-                        "kernel off."),
+                    doc="the two-pass kernels: ``True`` forces them (the native C kernel for fp32 CPU tensors, "
+                        "else ``torch.compile``d kernels), ``False`` forbids them, ``None`` lets the dispatch policy "
+                        "choose. The policy is stated once, in ``_adam_engine.py``; each tensor's outcome is kept in "
+                        "its plan. ``HF_ALPHAADAM_NATIVE=0`` in the environment turns the native kernel off."),
 }
 
 DISTRIBUTED: dict[str, Option] = {
