@@ -106,8 +106,9 @@ def whole_group_compiled() -> Iterator[None]:
 
 
 def build_optimizer(kind: str, named: list[tuple[str, torch.Tensor]], lr: float = 1e-5) -> torch.optim.Optimizer:
-    """One of: ``AdamW fused``, ``AdamW foreach``, ``AlphaAdam``, ``Cautious`` (both ``fused=True``), ``AdaPM``
-    (its defaults, on named parameters)."""
+    """One of: ``AdamW fused``, ``AdamW foreach``, ``AlphaAdam``, ``Cautious`` (both ``fused=True``), ``AlphaAdam
+    foreach`` (``foreach=True``: the multi-tensor eager path, few launches per step on a GPU), ``AdaPM`` (its
+    defaults, on named parameters)."""
     params = [p for _, p in named]
     if kind == FUSED:
         return torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=True)
@@ -117,11 +118,14 @@ def build_optimizer(kind: str, named: list[tuple[str, torch.Tensor]], lr: float 
 
     if kind == "AlphaAdam":
         return AlphaAdam(params, lr=lr, weight_decay=0.01, fused=True)
+    if kind == "AlphaAdam foreach":
+        return AlphaAdam(params, lr=lr, weight_decay=0.01, foreach=True)
     if kind == "Cautious":
         return AlphaAdam(params, lr=lr, weight_decay=0.01, mask="sync", alpha="count", fused=True)
     if kind == "AdaPM":
         return AdaPM(named, lr=lr, weight_decay=0.01, log_policy=False)
-    raise ValueError(f"unknown optimizer kind {kind!r}; known: {FUSED}, {FOREACH}, AlphaAdam, Cautious, AdaPM")
+    raise ValueError(f"unknown optimizer kind {kind!r}; known: {FUSED}, {FOREACH}, AlphaAdam, AlphaAdam foreach, "
+                     "Cautious, AdaPM")
 
 
 def synchronize(device: torch.device) -> None:

@@ -7,7 +7,8 @@ Sections (``--skip`` leaves some out), each timed and recorded with its verdict:
   fp32 and bf16 parameters (fp32 moments): largest differences of parameters, moments and statistics.
 - ``step_time``: ``optimizer.step()`` time against ``torch.optim.AdamW(fused=True)`` on GPT-2-small, Llama-1B and
   LoRA-7B tensor lists (``benchmarks/_tensor_lists.py``; every tensor through the compiled step, native kernel
-  off). Targets on a GPU: AlphaAdam <= 1.5x, Cautious <= 1.3x, AdaPM <= 1.5x; the first step (compiles) is reported.
+  off; AlphaAdam's foreach path alongside). Targets on a GPU: AlphaAdam <= 1.5x, Cautious <= 1.3x, AdaPM <= 1.5x;
+  the first step (compiles) is reported.
 - ``trainer``: a 50-step Hugging Face Trainer run with bf16 autocast, ``optim="alphaadam"`` and the
   ``AlphaMonitorCallback``: the loss falls and alpha / mask-ratio keys reach the logs.
 - ``memory``: peak memory (``torch.cuda.max_memory_allocated``) of three training steps of one model with AdamW,
@@ -53,7 +54,9 @@ logger = logging.getLogger("device_check")
 
 SECTIONS = ("correctness", "step_time", "trainer", "memory", "deepspeed")
 TARGETS = {"AlphaAdam": 1.5, "Cautious": 1.3, "AdaPM": 1.5}  # step time vs fused AdamW, on a GPU
-STEP_KINDS = [FUSED, "AlphaAdam", "Cautious", "AdaPM"]
+# "AlphaAdam foreach" (no target) tells which route a GPU should take for each list: the compiled step makes two
+# kernel launches per tensor, foreach about 35 multi-tensor launches per step
+STEP_KINDS = [FUSED, "AlphaAdam", "AlphaAdam foreach", "Cautious", "AdaPM"]
 # sizes: GPU (real shapes) and --cpu (small, for CI)
 SIZES = {
     "gpu": {"lists": {"gpt2_small": {}, "llama_1b": {}, "lora_7b": {}}, "rounds": 20, "model_hidden": 512,
