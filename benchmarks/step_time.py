@@ -53,7 +53,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from benchmarks._common import (add_common_arguments, gpt2_small_named_shapes, machine_info,  # noqa: E402
                                 set_threads, write_result)
-from benchmarks._tensor_lists import TENSOR_LISTS, time_step_rounds  # noqa: E402
+from benchmarks._tensor_lists import TENSOR_LISTS, engine_module, time_step_rounds  # noqa: E402
 from hf_alphaadam.optim.alphaadam import AlphaAdam  # noqa: E402
 
 # the module itself (``hf_alphaadam.optim.alphaadam`` as an attribute is the function the package re-exports)
@@ -295,11 +295,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def default_path(params: list[torch.Tensor]) -> str:
     """Which path AlphaAdam's default (``fused=None``) takes for these tensors in this process."""
     from hf_alphaadam.optim import _native
-    from hf_alphaadam.optim.alphaadam import AUTO_COMPILE_MIN_NUMEL
 
     if _native.applies(params, [p.grad for p in params]):
         return "native"
-    return "compiled" if sum(p.numel() for p in params) >= AUTO_COMPILE_MIN_NUMEL else "foreach"
+    return "compiled" if sum(p.numel() for p in params) >= engine_module().AUTO_COMPILE_MIN_NUMEL else "foreach"
 
 
 def _quantile(values: list[float], q: float) -> float:
