@@ -78,21 +78,25 @@ class MaskedAdamBase(StatisticsMixin, Optimizer):
     # every option: its checks, defaults and docs (``_schemas.py``)
     OPTIONS: OptionSchema
 
-    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], *, partition_group: Any = None,
-                 adopt_changed_settings: bool = False) -> None:
+    def __init__(self, params: Iterable[Any], arguments: dict[str, Any]) -> None:
+        """``arguments``: the subclass constructor's arguments (its ``locals()``). ``OPTIONS`` checks them and splits
+        them into the param groups' defaults and the settings that are not group entries (``partition_group``,
+        ``adopt_changed_settings``, ...), which become attributes."""
         if isinstance(params, Tensor):
             raise TypeError("params must be an iterable of tensors, (name, tensor) pairs or dicts, got a Tensor")
         params = list(params)
         if len(params) == 0:
             raise ValueError(f"{type(self).__name__} got an empty parameter list: {self.EMPTY_HINT}")
+        defaults, settings = self.OPTIONS.check_arguments(
+            {key: value for key, value in arguments.items() if key not in ("self", "params", "__class__")})
         self._validate_group(defaults)
-        self.adopt_changed_settings = self.OPTIONS.check("adopt_changed_settings", adopt_changed_settings)
+        for key, value in settings.items():
+            setattr(self, key, value)
         # id(group) -> (the plan-shaping options they were built with, the group's plans)
         self._plan_cache: dict[int, tuple[tuple, list[TensorPlan]]] = {}
         self._constructing = True
         super().__init__(params, defaults)
         self._constructing = False
-        self.partition_group = partition_group
         check_param_groups(self)
         self._init_statistics()
 

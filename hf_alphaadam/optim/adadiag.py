@@ -102,44 +102,16 @@ class AdaDiag(MaskedAdamBase):
 
     LAYOUT_OPTIONS = ("two_sided", "side", "moment_space", "second_moment", "rotate", "max_dim", "state_dtype")
 
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float | Tensor = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.01,
-        update_freq: int = 10,
-        two_sided: bool = False,
-        side: str = "auto",
-        moment_space: str = "rotated",
-        second_moment: str = "adam",
-        reproject: bool = False,
-        align_signs: bool = True,
-        rotate: bool | str = "auto",
-        max_dim: int | None = 8192,
-        mask: str = "none",
-        alpha: str = "none",
-        alpha_max: float | None = None,
-        first_step: str = "full",
-        state_dtype: torch.dtype | str | None = None,
-        foreach: bool | None = None,
-        maximize: bool = False,
-        partition_group: Any = None,
-        state_bits: int = 32,
-        min_8bit_size: int = _quantized.MIN_8BIT_SIZE,
-        quantize_embeddings: bool = False,
-        bf16_update: str = "plain",
-        adopt_changed_settings: bool = False,
-    ) -> None:
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, update_freq=update_freq,
-                        two_sided=two_sided, side=side, moment_space=moment_space, second_moment=second_moment,
-                        reproject=reproject, align_signs=align_signs, rotate=rotate, max_dim=max_dim, mask=mask,
-                        alpha=alpha, alpha_max=alpha_max, first_step=first_step, state_dtype=state_dtype,
-                        foreach=foreach, maximize=maximize, state_bits=state_bits, min_8bit_size=min_8bit_size,
-                        quantize_embeddings=quantize_embeddings, bf16_update=bf16_update)
-        super().__init__(params, defaults, partition_group=partition_group,
-                         adopt_changed_settings=adopt_changed_settings)
+    def __init__(self, params: Iterable[Any], lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01, update_freq: int = 10, two_sided: bool = False,
+                 side: str = "auto", moment_space: str = "rotated", second_moment: str = "adam",
+                 reproject: bool = False, align_signs: bool = True, rotate: bool | str = "auto",
+                 max_dim: int | None = 8192, mask: str = "none", alpha: str = "none", alpha_max: float | None = None,
+                 first_step: str = "full", state_dtype: torch.dtype | str | None = None, foreach: bool | None = None,
+                 maximize: bool = False, partition_group: Any = None, state_bits: int = 32,
+                 min_8bit_size: int = _quantized.MIN_8BIT_SIZE, quantize_embeddings: bool = False,
+                 bf16_update: str = "plain", adopt_changed_settings: bool = False) -> None:
+        super().__init__(params, locals())
 
     # ------------------------------------------------------------------------------------------------ groups
 

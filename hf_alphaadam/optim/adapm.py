@@ -99,61 +99,22 @@ class AdaPM(MaskedAdamBase):
                       "lowrank_modules", "lm_head", "other", "fused_qkv_modules", "transposed_modules",
                       "dense_fallback", "state_dtype")
 
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float | Tensor = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.01,
-        rank: int = 16,
-        second_moment: str = "adam",
-        head_dim: int | None = None,
-        refit_iters: int = 1,
-        residual: str = "full",
-        residual_clip: float = 1.0,
-        policy: str = "auto",
-        none_modules: str | None = None,
-        full_modules: str | None = None,
-        lowrank_modules: str | None = None,
-        lm_head: str = "none",
-        other: str = "full",
-        fused_qkv_modules: str | None = "auto",
-        transposed_modules: str | None = "auto",
-        dense_fallback: bool = True,
-        mask: str = "none",
-        alpha: str = "none",
-        alpha_max: float | None = None,
-        first_step: str = "full",
-        state_dtype: torch.dtype | str | None = None,
-        seed: int = 0,
-        foreach: bool | None = None,
-        maximize: bool = False,
-        partition_group: Any = None,
-        log_policy: bool = True,
-        tensor_threads: int | None = None,
-        state_bits: int = 32,
-        min_8bit_size: int = _quantized.MIN_8BIT_SIZE,
-        quantize_embeddings: bool = False,
-        bf16_update: str = "plain",
-        adopt_changed_settings: bool = False,
-    ) -> None:
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
-                        second_moment=second_moment, head_dim=head_dim, refit_iters=refit_iters, residual=residual,
-                        residual_clip=residual_clip, policy=policy, none_modules=none_modules,
-                        full_modules=full_modules, lowrank_modules=lowrank_modules, lm_head=lm_head, other=other,
-                        fused_qkv_modules=fused_qkv_modules, transposed_modules=transposed_modules,
-                        dense_fallback=dense_fallback, mask=mask, alpha=alpha, alpha_max=alpha_max,
-                        first_step=first_step, state_dtype=state_dtype, seed=seed, foreach=foreach,
-                        maximize=maximize, state_bits=state_bits, min_8bit_size=min_8bit_size,
-                        quantize_embeddings=quantize_embeddings, bf16_update=bf16_update)
-        self.tensor_threads = self.OPTIONS.check("tensor_threads", tensor_threads)
-        log_policy = self.OPTIONS.check("log_policy", log_policy)
+    def __init__(self, params: Iterable[Any], lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01, rank: int = 16, second_moment: str = "adam",
+                 head_dim: int | None = None, refit_iters: int = 1, residual: str = "full", residual_clip: float = 1.0,
+                 policy: str = "auto", none_modules: str | None = None, full_modules: str | None = None,
+                 lowrank_modules: str | None = None, lm_head: str = "none", other: str = "full",
+                 fused_qkv_modules: str | None = "auto", transposed_modules: str | None = "auto",
+                 dense_fallback: bool = True, mask: str = "none", alpha: str = "none", alpha_max: float | None = None,
+                 first_step: str = "full", state_dtype: torch.dtype | str | None = None, seed: int = 0,
+                 foreach: bool | None = None, maximize: bool = False, partition_group: Any = None,
+                 log_policy: bool = True, tensor_threads: int | None = None, state_bits: int = 32,
+                 min_8bit_size: int = _quantized.MIN_8BIT_SIZE, quantize_embeddings: bool = False,
+                 bf16_update: str = "plain", adopt_changed_settings: bool = False) -> None:
         self._workspace: dict[Any, Tensor] = {}  # reusable CPU scratch of the fast path (not state)
-        super().__init__(params, defaults, partition_group=partition_group,
-                         adopt_changed_settings=adopt_changed_settings)
+        super().__init__(params, locals())
         self._check_regexes_match()
-        if log_policy:
+        if self.log_policy:
             _log_main_process("AdaPM per-tensor policy:\n" + self.policy_table())
 
     # ------------------------------------------------------------------------------------------------ groups

@@ -57,34 +57,14 @@ class AlphaAdam(MaskedAdamBase):
         "A group may carry a ``name`` (used for its statistics; the Trainer plugin names its groups ``decay`` / "
         "``no_decay``) and override any option below."))
 
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float | Tensor = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.01,
-        mask: str = "async",
-        alpha: str = "norm",
-        alpha_max: float | None = None,
-        first_step: str = "full",
-        state_dtype: torch.dtype | str | None = None,
-        foreach: bool | None = None,
-        maximize: bool = False,
-        partition_group: Any = None,
-        fused: bool | None = None,
-        state_bits: int = 32,
-        min_8bit_size: int = _quantized.MIN_8BIT_SIZE,
-        quantize_embeddings: bool = False,
-        bf16_update: str = "plain",
-        adopt_changed_settings: bool = False,
-    ) -> None:
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, mask=mask, alpha=alpha,
-                        alpha_max=alpha_max, first_step=first_step, state_dtype=state_dtype, foreach=foreach,
-                        fused=fused, maximize=maximize, state_bits=state_bits, min_8bit_size=min_8bit_size,
-                        quantize_embeddings=quantize_embeddings, bf16_update=bf16_update)
-        super().__init__(params, defaults, partition_group=partition_group,
-                         adopt_changed_settings=adopt_changed_settings)
+    def __init__(self, params: Iterable[Any], lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01, mask: str = "async", alpha: str = "norm",
+                 alpha_max: float | None = None, first_step: str = "full", state_dtype: torch.dtype | str | None = None,
+                 foreach: bool | None = None, maximize: bool = False, partition_group: Any = None,
+                 fused: bool | None = None, state_bits: int = 32, min_8bit_size: int = _quantized.MIN_8BIT_SIZE,
+                 quantize_embeddings: bool = False, bf16_update: str = "plain",
+                 adopt_changed_settings: bool = False) -> None:
+        super().__init__(params, locals())
 
     def _expected_state(self, options: dict[str, Any], group_index: int, position: int, param: Tensor,
                         saved: dict[str, Any]) -> tuple[dict[str, Expected], str]:
