@@ -28,14 +28,14 @@ from torch.optim.optimizer import _get_scalar_dtype
 from . import _native, _precision, _quantized
 from ._options import OptionSchema
 from ._plans import Slot, TensorPlan, build_plans, plans_current
-
-# the options a tensor's route depends on (``_adam_engine.route_for``)
-ROUTE_OPTIONS = ("foreach", "fused", "state_dtype", "bf16_update")
 from ._resume import prepare_load, record_writer
 from ._sharding import SumsReducer, dtensor_sums_reducer, local, partition_sums_reducer
 from ._state import resolve_state_dtype, restore_saved_dtypes, state_dtype_for
 from ._statistics import StatisticsMixin
 from ._validation import Expected
+
+# the options a tensor's route depends on (``_adam_engine.route_for``)
+ROUTE_OPTIONS = ("foreach", "fused", "state_dtype", "bf16_update")
 
 
 def check_param_groups(optimizer: Optimizer) -> None:

@@ -95,6 +95,7 @@ class AdaPM(MaskedAdamBase):
         "(Shape alone cannot tell a token embedding or an o_proj from an MLP matrix, and silently giving them "
         "low-rank momentum would not be AdaPM.) Any option below may be overridden per group."))
 
+    EMPTY_HINT = "pass model.named_parameters() (or groups with 'param_names')"
     LAYOUT_OPTIONS = ("rank", "second_moment", "head_dim", "policy", "none_modules", "full_modules",
                       "lowrank_modules", "lm_head", "other", "fused_qkv_modules", "transposed_modules",
                       "dense_fallback", "state_dtype")
