@@ -305,10 +305,17 @@ def summary(result: dict[str, Any]) -> list[dict[str, str]]:
         measured, verdict = f"the default qualifies and no other variant beats it ({pick['rule']})", "keep default"
     else:
         row = rows[pick["variant"]]
+        vs_default = row["vs_default_pct"][final]
         measured = (f"{pick['variant']} {json.dumps(pick['options'])}: {row['final_loss']:.4f} vs default "
-                    f"{base['final_loss']:.4f}, gap to AdamW {fmt_interval(row['vs_adamw_pct'][final])}, momentum "
-                    f"{_kib(row['momentum_bytes'])} vs {_kib(base['momentum_bytes'])}")
-        verdict = "change the default (mean gap; see the interval)"
+                    f"{base['final_loss']:.4f} ({fmt_interval(vs_default)}), gap to AdamW "
+                    f"{fmt_interval(row['vs_adamw_pct'][final])}, momentum {_kib(row['momentum_bytes'])} vs "
+                    f"{_kib(base['momentum_bytes'])}, total state {_kib(row['total_bytes'])} vs "
+                    f"{_kib(base['total_bytes'])}; qualified: {', '.join(pick['qualified'])}")
+        separated = math.isfinite(vs_default["half_width_95"]) and abs(vs_default["mean"]) > vs_default[
+            "half_width_95"]
+        verdict = (f"change the default to {pick['variant']} (less memory, within 1 % on the mean of "
+                   f"{len(row['seeds'])} seeds" + ("" if separated else "; its loss is not separated from the "
+                                                   "default's by the 95 % interval") + ")")
     out.append({"claim": "a better default: within 1 % of tuned AdamW at no more memory than today's",
                 "measured": measured, "verdict": verdict})
     return out

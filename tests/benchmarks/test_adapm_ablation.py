@@ -101,6 +101,10 @@ def test_variant_rows_pair_against_adamw_and_the_default():
     assert rank4["verdict"] == "worse than the default"  # +0.98 % in both seeds: no spread
     assert "at lr 0.01 (seed 0) -1.00 % (better there" in rank4["measured"]
     assert summary[-1]["verdict"] == "keep default" and "no variant" in summary[-1]["measured"]
+    rows["rank4"]["gap_pct"] = 0.5  # now within 1 % of AdamW, with less momentum than the default
+    last = adapm_ablation.summary(result)[-1]
+    assert last["verdict"] == "change the default to rank4 (less memory, within 1 % on the mean of 2 seeds)"
+    assert '{"rank": 4}' in last["measured"] and "qualified: rank4" in last["measured"]
 
 
 @pytest.mark.slow
