@@ -369,6 +369,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
         names = [k for k, r in rows.items() if r["group"] == group and math.isfinite(r["final_loss"])]
         ax.scatter([rows[k]["momentum_bytes"] / 1024 for k in names], [rows[k]["final_loss"] for k in names],
                    color=color, label=group, zorder=3)
+        for k in names:  # the range over the seeds
+            values = rows[k]["loss"][str(FRACTIONS[-1])]["values"]
+            ax.vlines(rows[k]["momentum_bytes"] / 1024, min(values), max(values), color=color, lw=0.8, alpha=0.5)
         for k in names:
             ax.annotate(k, (rows[k]["momentum_bytes"] / 1024, rows[k]["final_loss"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
@@ -378,7 +381,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     adamw = rows["adamw"]["final_loss"]
     ax.axhline(adamw * (1 + TARGET_GAP_PCT / 100), color="red", lw=0.7, ls=":", label="AdamW + 1 %")
     ax.set_xlabel("momentum bytes (KiB)")
-    ax.set_ylabel(f"final validation loss, mean over seeds {result['settings']['seeds']}")
+    ax.set_ylabel(f"final validation loss, mean over seeds {result['settings']['seeds']} (bar: their range)")
     ax.set_title(f"AdaPM block ablation: {result['model_parameters'] / 1e6:.2f} M Llama, Tiny Shakespeare, "
                  f"{result['settings']['steps']} steps")
     ax.legend(fontsize=8)
