@@ -18,11 +18,14 @@ Paths, one signature (:func:`alphaadam`), each tested equal to the reference loo
 2. ``fused=True`` or both unset: the native kernel when every tensor is a plain fp32 CPU tensor and the kernel
    builds here (the first call builds it, about a second, cached on disk; ``HF_ALPHAADAM_NATIVE=0`` turns it off;
    a failed build is logged once and the next rule applies).
-3. Otherwise ``fused=True``: the compiled kernels for tensors of at least :data:`COMPILE_MIN_NUMEL` elements,
-   the foreach path for the smaller ones. Both unset: the same for a list of at least
-   :data:`AUTO_COMPILE_MIN_NUMEL` elements where ``torch.compile`` works (compiling happens before anything is
-   updated; a failure is logged once and the foreach path is used from then on), else the foreach path.
-4. ``fused=False``: never the native or compiled kernels.
+3. On a GPU, ``fused=True`` or both unset: the compiled multi-tensor kernels for every tensor (one compiled call
+   per chunk of tensors, so the host cost does not grow with the tensor count; the first step compiles).
+4. On the CPU, ``fused=True``: the compiled kernels for tensors of at least :data:`COMPILE_MIN_NUMEL` elements, the
+   foreach path for the smaller ones (on this CPU the foreach path is faster for small tensors:
+   ``benchmarks/README.md``). Both unset: the same for a group of at least :data:`AUTO_COMPILE_MIN_NUMEL`
+   elements, else the foreach path.
+5. Compiling happens before anything is updated; with ``fused`` unset a failure is logged once and the foreach
+   path is used from then on. ``fused=False``: never the native or compiled kernels.
 
 Sizes are those of the whole (unsharded) tensors, so every rank of a sharded run routes, and issues its
 collectives, alike.
@@ -52,11 +55,11 @@ ROUTES = ("native", "compiled", "foreach", "reference")
 # (positions within the lists passed to the functional core, alpha [n], mask ratio [n])
 StatisticsBucket = tuple[list[int], Tensor, Tensor]
 
-# both unset, a param group's step is compiled when its tensors hold at least this many elements in all (GPT-2
-# small has 124M; the test-sized models of this project stay below it and never compile)
+# on the CPU with both unset, a param group's step is compiled when its tensors hold at least this many elements in
+# all (GPT-2 small has 124M; the test-sized models of this project stay below it and never compile)
 AUTO_COMPILE_MIN_NUMEL = 1 << 24
-# inside a compiled step, tensors with fewer elements take the foreach path: each compiled call costs ~0.5 ms of
-# Python / guard overhead, more than a small tensor's whole update
+# on the CPU, tensors with fewer elements take the foreach path (the compiled call's per-tensor host cost is more
+# than such a tensor's whole foreach update there)
 COMPILE_MIN_NUMEL = 1 << 16
 
 
@@ -141,13 +144,14 @@ def route_for(*, native_fits: bool, whole_numel: int, group_numel: int, foreach:
     ``like``: a tensor of the device and dtype the math runs in."""
     if fused is not False and (foreach is None or fused) and native_fits and _native.enabled() and _native.available():
         return "native"
+    on_gpu = like.device.type == "cuda"
     compiled = fused is True
-    if fused is None and foreach is None and group_numel >= AUTO_COMPILE_MIN_NUMEL:
+    if fused is None and foreach is None and (on_gpu or group_numel >= AUTO_COMPILE_MIN_NUMEL):
         from . import _compiled  # imports the torch.compile machinery only for groups that may use it
 
         compiled = _compiled.usable(like)
     if compiled:
-        return "compiled" if whole_numel >= COMPILE_MIN_NUMEL else "foreach"
+        return "compiled" if on_gpu or whole_numel >= COMPILE_MIN_NUMEL else "foreach"
     return "reference" if foreach is False else "foreach"
 
 

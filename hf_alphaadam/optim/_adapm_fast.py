@@ -1,7 +1,8 @@
 """AdaPM's fast path: the reference's math (``_adapm_paths.py``) with fewer passes over memory.
 
-- Full-momentum Adam tensors go through the shared Adam engine (``_adam_engine.py``: its native kernel for fp32 CPU
-  tensors, else its foreach path); momentum-free Adam tensors through the native kernel or ``_foreach_*`` ops.
+- Element-wise tensors take the route their plan records: full-momentum Adam tensors the shared Adam engine
+  (``_adam_engine.py``) on it, momentum-free ones the native kernel, the compiled kernels (GPU) or ``_foreach_*``
+  ops (:func:`_momentum_free_path`).
 - Low-rank / compact tensors run one at a time (:func:`_structured_step`): full-size state and scratch kept in the
   parameter's memory order (a GPT-2 ``Conv1D`` weight is the transpose of its canonical matrix; state saved in the
   other order is re-laid out on the next step), ``m~`` as one ``addmm``, bias corrections folded into scalars, no
@@ -16,7 +17,7 @@ Results agree with the reference loop to rounding (tested).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -38,8 +39,7 @@ def _multi_tensor_adapm(params: Tensors, grads: Tensors, states: list[dict[str, 
                         reduce_sums: SumsReducer | None = None, workspace: dict[Any, Tensor] | None = None,
                         tensor_threads: int | None = 1,
                         routes: list[str] | None = None, **options: Any) -> list[StatisticsBucket]:
-    """The fast path: AlphaAdam's core for full-momentum Adam tensors (its native C kernel for fp32 CPU tensors, else
-    its foreach path), the native kernel or foreach ops for momentum-free Adam tensors, and a per-tensor routine
+    """The fast path: the element-wise tensors on their ``routes`` (the module docstring), and a per-tensor routine
     with stacked row slices for low-rank / compact tensors."""
     lr, beta1, beta2, eps, weight_decay, mask, alpha, alpha_max, first_step, maximize = AdamStep(**options)
     buckets: list[StatisticsBucket] = []
@@ -53,7 +53,7 @@ def _multi_tensor_adapm(params: Tensors, grads: Tensors, states: list[dict[str, 
                                      [local(states[i]["exp_avg_sq"]) for i in indices]])
             for i in indices:
                 routes[i] = "native" if fits else "foreach"
-    for route in ("native", "foreach"):  # AlphaAdam's core: its native kernel or its foreach path, never compiled
+    for route in ("native", "compiled", "foreach"):  # the shared Adam engine on each tensor's route
         at = [i for i in full if routes[i] == route]
         if not at:
             continue
@@ -65,11 +65,11 @@ def _multi_tensor_adapm(params: Tensors, grads: Tensors, states: list[dict[str, 
                 lambda sums, k, at=at: reduce_sums(sums, [full.index(at[j]) for j in k])), route=route, **options)
         for positions, alpha_values, ratio in full_buckets:
             buckets.append(([at[i] for i in positions], alpha_values.float(), ratio.float()))
-    for route in ("native", "foreach"):
+    for route in ("native", "compiled", "foreach"):
         at = [i for i in none if routes[i] == route]
         if not at:
             continue
-        momentum_free = _native.momentum_free_adam if route == "native" else _foreach_momentum_free
+        momentum_free = _momentum_free_path(route)
         momentum_free([local(params[i]) for i in at], [local(grads[i]) for i in at],
                       [local(states[i]["exp_avg_sq"]) for i in at], [states[i]["step"] for i in at], lr=lr,
                       beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize)
@@ -89,6 +89,17 @@ def _multi_tensor_adapm(params: Tensors, grads: Tensors, states: list[dict[str, 
         buckets.append((structured, torch.stack([a.float() for a, _ in results]),
                         torch.stack([r.float() for _, r in results])))
     return buckets
+
+
+def _momentum_free_path(route: str) -> Callable[..., None]:
+    """The momentum-free Adam step of a route: the native kernel, the compiled kernels or ``_foreach_*`` ops."""
+    if route == "native":
+        return _native.momentum_free_adam
+    if route == "compiled":
+        from ._compiled import _compiled_momentum_free
+
+        return _compiled_momentum_free
+    return _foreach_momentum_free
 
 
 def _foreach_momentum_free(params: list[Tensor], grads: list[Tensor], exp_avg_sqs: list[Tensor],

@@ -6,7 +6,7 @@ element is updated, so it cannot be one pass like fused AdamW. This path makes t
 - pass A (``_sums_norm`` / ``_sums_count``) reads ``m``, ``v``, ``g``, recomputes the new moments, ``u`` and
   ``phi`` in registers and only reduces (no writes). ``alpha="count"`` / ``"none"`` need just ``sum phi``,
   which reads ``m`` and ``g`` only; ``mask="none"`` needs no pass A at all (``sum phi = numel``).
-- alpha and the "moved" flag from the ``[n, 3]`` sums (:func:`alpha_from_sums`, batched, after ``reduce_sums``
+- alpha and the "moved" flag from the ``[n, 3]`` sums (``_masking.step_scale``, batched, after ``reduce_sums``
   for sharded tensors; no host sync).
 - pass B (``_apply``) reads ``p``, ``g``, ``m``, ``v`` again, recomputes the same ``phi`` and ``u`` with the same
   operations (for ``mask="async"``, ``phi`` uses ``m_{t-1}``, still in memory since pass A does not write), and
@@ -42,13 +42,14 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from ._masking import alpha_from_sums, reported_alpha
+from ._masking import sign_agreement, step_scale
 from ._sharding import SumsReducer
+from ._step_options import AdamStep, Tensors
 from ._state import compute_dtype
 
 logger = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def _mask(m_prev: Tensor, m: Tensor, g: Tensor, pre: Tensor) -> Tensor:
     """phi as 0/1 in the compute dtype: async uses m_{t-1}, sync m_t; all ones where ``full``."""
     dtype = pre.dtype
     source = torch.where(pre[_ASYNC] > 0, m_prev.to(dtype), m)
-    phi = (source * g > 0).to(dtype)
+    phi = sign_agreement(source, g)
     return torch.where(pre[_FULL] > 0, torch.ones_like(phi), phi)
 
 
@@ -300,28 +301,12 @@ def _step_scalars(steps: Tensor, beta: float) -> Tensor:
     return 1 - torch.pow(beta, steps)
 
 
-def _compiled_alphaadam(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    mask: str,
-    alpha: str,
-    alpha_max: float | None,
-    first_step: str,
-    maximize: bool,
-    numels: list[int] | None = None,
-    reduce_sums: SumsReducer | None = None,
-) -> list[StatisticsBucket]:
+def _compiled_alphaadam(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: Tensors,
+                        state_steps: Tensors, *, numels: list[int] | None = None,
+                        reduce_sums: SumsReducer | None = None, **options: Any) -> list[StatisticsBucket]:
     """The compiled two-pass path for tensors of any size; same arguments, in-place effects and return value as
     ``_multi_tensor_alphaadam``."""
+    lr, beta1, beta2, eps, weight_decay, mask, alpha, alpha_max, first_step, maximize = AdamStep(**options)
     buckets: list[StatisticsBucket] = []
     with _shape_rules():
         for (device_params, device_grads, device_m, device_v, device_steps), indices in _buckets(
@@ -366,8 +351,8 @@ def _compiled_alphaadam(
             if reduce_sums is not None:
                 sums = reduce_sums(sums, list(indices))
 
-            alpha_values = alpha_from_sums(sums, numel, alpha, alpha_max)
-            moved = (sums[:, 2] > 0).to(dtype)
+            scale = step_scale(sums, numel, alpha, alpha_max)
+            alpha_values, moved = scale.alpha, scale.moved
             lr_column = (lr.to(device=device, dtype=dtype) if isinstance(lr, Tensor)
                          else torch.tensor(lr, dtype=dtype, device=device)).reshape(()).expand(n)
             # as the reference: decay = 1 - (lr * wd) * moved, rounded in the compute dtype
@@ -378,7 +363,7 @@ def _compiled_alphaadam(
                 _run("apply", p, g, m, v, pre_table, post_table)
             for originals, computed in zip(zip(device_params, device_m, device_v), flat):
                 _copy_back_if_needed(originals, (computed[0], computed[2], computed[3]))
-            buckets.append((list(indices), reported_alpha(sums, alpha_values, alpha), sums[:, 2] / numel))
+            buckets.append((list(indices), scale.reported, scale.mask_ratio))
     return buckets
 
 
@@ -386,7 +371,7 @@ def _compiled_momentum_free(params: list[Tensor], grads: list[Tensor], exp_avg_s
                             state_steps: list[Tensor], *, lr: float | Tensor, beta2: float, eps: float,
                             weight_decay: float, maximize: bool) -> None:
     """AdaPM's momentum-free blocks through one compiled pass per chunk; the same arguments and effects as
-    ``adapm._foreach_momentum_free``: ``p = p (1 - lr wd) - lr g / (sqrt(v / bc2) + eps)``, ``v`` Adam's EMA of
+    ``_adapm_fast._foreach_momentum_free``: ``p = p (1 - lr wd) - lr g / (sqrt(v / bc2) + eps)``, ``v`` Adam's EMA of
     ``g^2`` (bias correction folded into the scalars as there)."""
     with _shape_rules():
         for (device_params, device_grads, device_v, device_steps), _ in _buckets(

@@ -57,6 +57,7 @@ import torch
 from torch import Tensor
 
 from . import _native, _precision, _quantized
+from ._adam_engine import route_for
 from ._adapm_paths import adapm
 from ._base import MaskedAdamBase, native_fits
 from ._plans import Slot, TensorPlan
@@ -143,14 +144,17 @@ class AdaPM(MaskedAdamBase):
 
     def _plan_route(self, group: dict[str, Any], param: Tensor, numel: int, group_numel: int,
                     detail: MomentumPlan, eight_bit: bool) -> str:
-        """``"reference"`` (``foreach=False``), ``"structured"`` (low-rank / compact tensors), else the native
-        kernel where it fits, or the foreach path (never a compilation)."""
+        """``"reference"`` (``foreach=False``), ``"structured"`` (low-rank / compact tensors); element-wise
+        tensors: the native kernel where it fits, the compiled multi-tensor kernels on a GPU, else the foreach
+        path."""
         if group["foreach"] is False:
             return "reference"
         if detail.kind == "structured":
             return "structured"
-        fits = native_fits(param, group, eight_bit) and _native.enabled() and _native.available()
-        return "native" if fits else "foreach"
+        if native_fits(param, group, eight_bit) and _native.enabled() and _native.available():
+            return "native"
+        return route_for(native_fits=False, whole_numel=numel, group_numel=0, foreach=None, fused=None,
+                         like=local(param)) if local(param).device.type == "cuda" else "foreach"
 
     def _check_plan(self, group: dict[str, Any], plan: TensorPlan, param: Tensor) -> None:
         if plan.detail.kind == "structured" and plan.sharded:
