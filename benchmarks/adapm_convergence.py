@@ -27,6 +27,7 @@ Usage::
     python -m benchmarks run adapm_convergence            # ~45 runs of ~25 s (one thread, quiet): 20-40 min
     python -m benchmarks run adapm_convergence --corpora shakespeare --seeds 2    # a shorter run
     python -m benchmarks run adapm_convergence --quick    # smoke run (seconds): tiny model, 2 lrs, 2 seeds
+    python -m benchmarks run adapm_convergence --add-variant mlp_none   # + one adapm_ablation variant (6 runs)
 
 Writes ``benchmarks/results/adapm_convergence[_quick].json`` and ``.png`` (``--output-dir`` to change). The quick
 mode is a smoke run whose numbers mean little.
@@ -35,6 +36,7 @@ mode is a smoke run whose numbers mean little.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -48,7 +50,7 @@ if __package__ in (None, ""):  # ``python benchmarks/adapm_convergence.py``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._adapm_runs import (CORPORA, FRACTIONS, fmt_interval, interval_verdict, model_parameters,
-                                    paired_differences, sweep_then_seeds)
+                                    paired_differences, run_jobs, sweep_then_seeds)
 from benchmarks._common import (add_common_arguments, at_edge, best_lrs, machine_info, mean_std, result_path,
                                 tried_lrs, write_result)
 
@@ -92,6 +94,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval-points", type=int, default=10, help="validation every 1/N of training (N % 5 == 0)")
     parser.add_argument("--grad-clip", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one core)")
+    parser.add_argument("--add-variant", default=None, metavar="ABLATION_VARIANT",
+                        help="add one of adapm_ablation's AdaPM variants to the stored result (its seeds, each "
+                             "corpus's tuned AdaPM lr; nothing else is re-run)")
     args = parser.parse_args(argv)
     if args.eval_points % 5:
         parser.error(f"--eval-points must be a multiple of 5 (to hit 20/40/60/100 %), got {args.eval_points}")
@@ -137,6 +142,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
+    if args.add_variant:
+        return add_variant(args)
     settings = settings_of(args)
     machine = machine_info()
     load_start = uptime()
@@ -162,6 +169,51 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
+def add_variant(args: argparse.Namespace) -> dict[str, Any]:
+    """``--add-variant NAME``: run ``adapm_ablation``'s variant ``NAME`` with the stored result's seeds on each of
+    its corpora at that corpus's tuned AdaPM lr (no sweep of its own), and add it to the result as
+    ``adapm_<NAME>``. AdamW's and AdaPM's stored runs are the pairs: on one thread the same settings and seed
+    reproduce a run bit for bit (the ablation's seed-0 runs equal this sweep's)."""
+    from benchmarks.adapm_ablation import VARIANTS as ABLATION
+
+    if args.add_variant not in ABLATION or ABLATION[args.add_variant][2] is None:
+        raise SystemExit(f"--add-variant {args.add_variant!r}: not an AdaPM variant of adapm_ablation; choose "
+                         f"from {', '.join(k for k, v in ABLATION.items() if v[2] is not None)}")
+    path = result_path(args.output_dir, NAME, args.quick)
+    if not path.is_file():
+        raise SystemExit(f"--add-variant needs a stored result: {path} not found (run the benchmark first)")
+    result = json.loads(path.read_text())
+    key, (_, label, options) = f"adapm_{args.add_variant}", ABLATION[args.add_variant]
+    started, load_start = time.perf_counter(), uptime()
+    lrs = {}
+    for corpus, data in result["corpora"].items():
+        lrs[corpus] = data["best_lr"]["adapm"]
+        jobs = [{"settings": result["settings"], "corpus": corpus, "variant": key, "options": options,
+                 "lr": lrs[corpus], "seed": seed, "phase": "added"} for seed in result["settings"]["seeds"]]
+        runs = [r for r in data["runs"] if r["variant"] != key] + run_jobs(jobs, f"{corpus} {key}")
+        result["corpora"][corpus] = corpus_result(corpus, data["sweep"], runs, result["settings"])
+    result.setdefault("added", {})[key] = {"label": f"AdaPM, {label} (adapm_ablation's {args.add_variant}; at AdaPM's "
+                                                    "tuned lr, no sweep of its own)", "options": options, "lr": lrs,
+                                           "uptime": {"start": load_start, "end": uptime()},
+                                           "seconds": round(time.perf_counter() - started, 1)}
+    write_result(result, args.output_dir, NAME, args.quick)
+    plot(result, result_path(args.output_dir, NAME, args.quick, ".png"))
+    for row in summary(result):
+        LOG.info("%s: %s -> %s", row["claim"], row["measured"], row["verdict"])
+    return result
+
+
+def label_of(result: dict[str, Any], variant: str) -> str:
+    """The label of an optimizer of :data:`VARIANTS` or of one added with ``--add-variant``."""
+    return VARIANTS[variant][0] if variant in VARIANTS else result["added"][variant]["label"]
+
+
+def lr_of(result: dict[str, Any], corpus: str, variant: str) -> float:
+    """The lr a variant's seed runs used: its best in the sweep, or the added variant's (AdaPM's best)."""
+    best = result["corpora"][corpus]["best_lr"]
+    return best[variant] if variant in best else result["added"][variant]["lr"][corpus]
+
+
 # ------------------------------------------------------------------------------------------------- summary
 
 def scale_of(result: dict[str, Any], corpus: str) -> str:
@@ -185,13 +237,14 @@ def summary(result: dict[str, Any]) -> list[dict[str, str]]:
         for variant, row in table.items():
             if variant == "adamw":
                 continue
-            label = VARIANTS[variant][0]
+            label = label_of(result, variant)
             gap = row["vs_adamw_pct"][final]
             early = ", ".join(f"{float(f):.0%} {fmt_interval(row['vs_adamw_pct'][str(f)])}" for f in FRACTIONS[:-1])
             rows.append({"claim": f"{label} within {TARGET_GAP_PCT:g} % of tuned AdamW's final validation loss "
                                   f"({corpus})",
                          "measured": f"{row['loss'][final]['mean']:.4f} vs {adamw['mean']:.4f}: {fmt_interval(gap)} "
-                                     f"(paired, 95 % t); lr {best[variant]:g} vs AdamW {best['adamw']:g}; "
+                                     f"(paired, 95 % t); lr {lr_of(result, corpus, variant):g} vs AdamW "
+                                     f"{best['adamw']:g}; "
                                      + scale_of(result, corpus),
                          "verdict": interval_verdict(gap, TARGET_GAP_PCT)})
             early_verdicts = "; ".join(f"{float(f):.0%}: {interval_verdict(row['vs_adamw_pct'][str(f)])}"
@@ -231,7 +284,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for (left, middle, right), (corpus, data) in zip(axes, corpora.items()):
         for variant, curve in data["curves"].items():
             left.plot(curve["step"][1:], curve["mean"][1:], color=COLORS.get(variant),
-                      label=f"{VARIANTS[variant][0]} (lr {data['best_lr'][variant]:g})")
+                      label=f"{label_of(result, variant)} (lr {lr_of(result, corpus, variant):g})")
         left.set_title(f"{corpus}: validation loss, mean over seeds {result['settings']['seeds']}")
         left.set_xlabel("step")
         left.set_ylabel("validation loss (nats / char)")
@@ -242,7 +295,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
             x = [f * steps + 4 * shift for f in FRACTIONS]  # side by side, not on top of each other
             entries = [row["vs_adamw_pct"][str(f)] for f in FRACTIONS]
             middle.errorbar(x, [e["mean"] for e in entries], yerr=[e["half_width_95"] for e in entries],
-                            color=COLORS.get(variant), marker="o", capsize=3, label=VARIANTS[variant][0])
+                            color=COLORS.get(variant), marker="o", capsize=3, label=label_of(result, variant))
         middle.axhline(0, color="black", lw=0.7)
         middle.axhline(TARGET_GAP_PCT, color="red", lw=0.7, ls="--", label=f"+{TARGET_GAP_PCT:g} % target")
         middle.set_title(f"{corpus}: paired difference to AdamW (%), 95 % t interval")
@@ -251,7 +304,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         for variant in data["tried_lrs"]:
             sweep = sorted((r for r in data["sweep"] if r["variant"] == variant), key=lambda r: r["lr"])
             right.plot([r["lr"] for r in sweep], [r["at_fraction"][str(FRACTIONS[-1])] for r in sweep], marker="o",
-                       color=COLORS.get(variant), label=VARIANTS[variant][0])
+                       color=COLORS.get(variant), label=label_of(result, variant))
         right.set_xscale("log")
         right.minorticks_off()
         lrs = sorted({r["lr"] for r in data["sweep"]})
