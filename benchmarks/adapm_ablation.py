@@ -71,7 +71,7 @@ NONE_BY_DEFAULT = "embed_tokens|lm_head|o_proj"  # the blocks without momentum i
 # key: (group of the plot, label, AdaPM options; None = torch.optim.AdamW)
 VARIANTS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "adamw": ("reference", "AdamW", None),
-    "default": ("reference", "AdaPM default", {}),
+    "default": ("reference", "default (as shipped)", {}),
     "embedding_full": ("block", "embedding + lm_head full", {"full_modules": EMBEDDING}),
     "embedding_lowrank": ("block", "embedding + lm_head low-rank", {"lowrank_modules": EMBEDDING}),
     "qk_none": ("block", "Q / K none", {"none_modules": QK}),
