@@ -240,10 +240,15 @@ def summary(result: dict[str, Any]) -> list[dict[str, str]]:
             label = label_of(result, variant)
             gap = row["vs_adamw_pct"][final]
             early = ", ".join(f"{float(f):.0%} {fmt_interval(row['vs_adamw_pct'][str(f)])}" for f in FRACTIONS[:-1])
+            vs_default = ""
+            if variant in result.get("added", {}) and "adapm" in table:  # an added variant: also vs the default
+                entry = paired_differences(data["runs"], "adapm")[variant]["vs_adapm_pct"][final]
+                verdict = interval_verdict(entry).replace("AdamW", "the default")
+                vs_default = f"; vs AdaPM's default {fmt_interval(entry)}, {verdict}"
             rows.append({"claim": f"{label} within {TARGET_GAP_PCT:g} % of tuned AdamW's final validation loss "
                                   f"({corpus})",
                          "measured": f"{row['loss'][final]['mean']:.4f} vs {adamw['mean']:.4f}: {fmt_interval(gap)} "
-                                     f"(paired, 95 % t); lr {lr_of(result, corpus, variant):g} vs AdamW "
+                                     f"(paired, 95 % t){vs_default}; lr {lr_of(result, corpus, variant):g} vs AdamW "
                                      f"{best['adamw']:g}; "
                                      + scale_of(result, corpus),
                          "verdict": interval_verdict(gap, TARGET_GAP_PCT)})
