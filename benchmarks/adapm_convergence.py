@@ -27,7 +27,7 @@ Usage::
     python -m benchmarks run adapm_convergence            # ~45 runs of ~25 s (one thread, quiet): 20-40 min
     python -m benchmarks run adapm_convergence --corpora shakespeare --seeds 2    # a shorter run
     python -m benchmarks run adapm_convergence --quick    # smoke run (seconds): tiny model, 2 lrs, 2 seeds
-    python -m benchmarks run adapm_convergence --add-variant mlp_none   # + one adapm_ablation variant (6 runs)
+    python -m benchmarks run adapm_convergence --add-variant mlp_none   # + one adapm_ablation variant (~20 runs)
 
 Writes ``benchmarks/results/adapm_convergence[_quick].json`` and ``.png`` (``--output-dir`` to change). The quick
 mode is a smoke run whose numbers mean little.
@@ -95,8 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grad-clip", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one core)")
     parser.add_argument("--add-variant", default=None, metavar="ABLATION_VARIANT",
-                        help="add one of adapm_ablation's AdaPM variants to the stored result (its seeds, each "
-                             "corpus's tuned AdaPM lr; nothing else is re-run)")
+                        help="add one of adapm_ablation's AdaPM variants to the stored result (its own lr sweep "
+                             "and seeds on each corpus; nothing else is re-run)")
     args = parser.parse_args(argv)
     if args.eval_points % 5:
         parser.error(f"--eval-points must be a multiple of 5 (to hit 20/40/60/100 %), got {args.eval_points}")
@@ -170,10 +170,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def add_variant(args: argparse.Namespace) -> dict[str, Any]:
-    """``--add-variant NAME``: run ``adapm_ablation``'s variant ``NAME`` with the stored result's seeds on each of
-    its corpora at that corpus's tuned AdaPM lr (no sweep of its own), and add it to the result as
-    ``adapm_<NAME>``. AdamW's and AdaPM's stored runs are the pairs: on one thread the same settings and seed
-    reproduce a run bit for bit (the ablation's seed-0 runs equal this sweep's)."""
+    """``--add-variant NAME``: give ``adapm_ablation``'s variant ``NAME`` the same treatment as the stored
+    optimizers on each stored corpus (the lrs AdaPM was swept at with the sweep seed, edge extensions, then the
+    stored seeds at its best lr) and add it to the result as ``adapm_<NAME>``. AdamW's and AdaPM's stored runs are
+    its pairs: on one thread the same settings and seed reproduce a run bit for bit (the ablation's seed-0 runs
+    equal this sweep's), so nothing else is re-run."""
     from benchmarks.adapm_ablation import VARIANTS as ABLATION
 
     if args.add_variant not in ABLATION or ABLATION[args.add_variant][2] is None:
@@ -185,16 +186,16 @@ def add_variant(args: argparse.Namespace) -> dict[str, Any]:
     result = json.loads(path.read_text())
     key, (_, label, options) = f"adapm_{args.add_variant}", ABLATION[args.add_variant]
     started, load_start = time.perf_counter(), uptime()
-    lrs = {}
+    stored = result["settings"]
     for corpus, data in result["corpora"].items():
-        lrs[corpus] = data["best_lr"]["adapm"]
-        jobs = [{"settings": result["settings"], "corpus": corpus, "variant": key, "options": options,
-                 "lr": lrs[corpus], "seed": seed, "phase": "added"} for seed in result["settings"]["seeds"]]
-        runs = [r for r in data["runs"] if r["variant"] != key] + run_jobs(jobs, f"{corpus} {key}")
-        result["corpora"][corpus] = corpus_result(corpus, data["sweep"], runs, result["settings"])
-    result.setdefault("added", {})[key] = {"label": f"AdaPM, {label} (adapm_ablation's {args.add_variant}; at AdaPM's "
-                                                    "tuned lr, no sweep of its own)", "options": options, "lr": lrs,
-                                           "uptime": {"start": load_start, "end": uptime()},
+        grid = data["tried_lrs"]["adapm"]
+        factor = (grid[-1] / grid[0]) ** (1 / (len(grid) - 1)) if len(grid) > 1 else 2.0
+        sweep, runs = sweep_then_seeds({key: options}, {key: grid}, corpus, stored, stored["seeds"],
+                                       stored["sweep_seed"], stored["extend"], factor)
+        keep = [r for r in data["sweep"] if r["variant"] != key], [r for r in data["runs"] if r["variant"] != key]
+        result["corpora"][corpus] = corpus_result(corpus, keep[0] + sweep, keep[1] + runs, stored)
+    result.setdefault("added", {})[key] = {"label": f"AdaPM, {label} (adapm_ablation's {args.add_variant})",
+                                           "options": options, "uptime": {"start": load_start, "end": uptime()},
                                            "seconds": round(time.perf_counter() - started, 1)}
     write_result(result, args.output_dir, NAME, args.quick)
     plot(result, result_path(args.output_dir, NAME, args.quick, ".png"))
@@ -209,9 +210,8 @@ def label_of(result: dict[str, Any], variant: str) -> str:
 
 
 def lr_of(result: dict[str, Any], corpus: str, variant: str) -> float:
-    """The lr a variant's seed runs used: its best in the sweep, or the added variant's (AdaPM's best)."""
-    best = result["corpora"][corpus]["best_lr"]
-    return best[variant] if variant in best else result["added"][variant]["lr"][corpus]
+    """The lr a variant's seed runs used (its best in the sweep)."""
+    return next(r["lr"] for r in result["corpora"][corpus]["runs"] if r["variant"] == variant)
 
 
 # ------------------------------------------------------------------------------------------------- summary

@@ -140,13 +140,15 @@ def test_quick_run_writes_its_json(tmp_path, monkeypatch):
     assert "load average" in stored["uptime"]["start"]
     assert adapm_convergence.summary(stored) == adapm_convergence.summary(result)
 
-    # one ablation variant added to the stored result: its seeds at AdaPM's lr, paired with the stored runs
+    # one ablation variant added to the stored result: its own sweep and seeds, paired with the stored runs
     added = adapm_convergence.main(["--quick", "--output-dir", str(tmp_path), "--add-variant", "rank4"])
     for corpus, data in added["corpora"].items():
         mine = [r for r in data["runs"] if r["variant"] == "adapm_rank4"]
-        assert [r["seed"] for r in mine] == [1, 2] and {r["lr"] for r in mine} == {data["best_lr"]["adapm"]}
+        assert [r["seed"] for r in mine] == [1, 2] and {r["lr"] for r in mine} == {data["best_lr"]["adapm_rank4"]}
+        assert data["tried_lrs"]["adapm_rank4"][:2] == [5e-3, 1e-2]  # AdaPM's grid, then any edge extension
         assert data["table"]["adapm_rank4"]["vs_adamw_pct"]["1.0"]["n"] == 2
         assert data["runs"][:6] == stored["corpora"][corpus]["runs"]  # the stored runs are kept as they were
+        assert data["sweep"][:6] == stored["corpora"][corpus]["sweep"]
     rows = adapm_convergence.summary(json.loads(path.read_text()))
     assert any("rank 4 (adapm_ablation's rank4" in row["claim"] for row in rows)
     with pytest.raises(SystemExit, match="not an AdaPM variant"):
