@@ -21,8 +21,8 @@ more at AdaPM's better neighbour in that sweep (``L / 2`` or ``2 L``), seed 0; a
 flagged (its rows stay at ``L``). So each variant runs at the tuned AdaPM lr with a one-sided check around it,
 not at a per-variant optimum found by a bracketing sweep. Momentum bytes are the optimizer's first-moment state
 after training (``exp_avg`` and the low-rank factors). The result is written after each seed and after the lr
-check, so a stopped run leaves the part it finished (``complete`` in the JSON). This budget (62 runs) is what fits
-about 45 minutes on one core of a quiet machine; on this shared one it takes longer.
+check, so a stopped run leaves the part it finished (``complete`` in the JSON). The 62 runs took 31 minutes on
+one thread of this 2-core machine under a load average of 1.5-6 (runs of 21-88 s).
 
 Outputs: per variant the loss at 20 / 40 / 60 / 100 %, the paired gap to AdamW and to the default, the momentum
 and total state bytes, the Pareto front of (momentum bytes, final loss), a Pareto plot, and the *recommended

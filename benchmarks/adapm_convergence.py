@@ -24,7 +24,7 @@ AdamW" only when the interval excludes 0.
 
 Usage::
 
-    python -m benchmarks run adapm_convergence            # ~45 runs of ~25 s (one thread, quiet): 20-40 min
+    python -m benchmarks run adapm_convergence            # 45 runs of 25-90 s (one thread): 38 min at load 0.5-4
     python -m benchmarks run adapm_convergence --corpora shakespeare --seeds 2    # a shorter run
     python -m benchmarks run adapm_convergence --quick    # smoke run (seconds): tiny model, 2 lrs, 2 seeds
     python -m benchmarks run adapm_convergence --add-variant mlp_none   # + one adapm_ablation variant (~20 runs)
