@@ -114,16 +114,16 @@ def build_optimizer(kind: str, named: list[tuple[str, torch.Tensor]], lr: float 
         return torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=True)
     if kind == FOREACH:
         return torch.optim.AdamW(params, lr=lr, weight_decay=0.01, foreach=True)
-    from hf_alphaadam import AdaPM, AlphaAdam
+    from hf_alphaadam.optim import catalog
 
     if kind == "AlphaAdam":
-        return AlphaAdam(params, lr=lr, weight_decay=0.01, fused=True)
+        return catalog.build("alphaadam", params, lr=lr, weight_decay=0.01, fused=True)
     if kind == "AlphaAdam foreach":
-        return AlphaAdam(params, lr=lr, weight_decay=0.01, foreach=True)
+        return catalog.build("alphaadam", params, lr=lr, weight_decay=0.01, foreach=True)
     if kind == "Cautious":
-        return AlphaAdam(params, lr=lr, weight_decay=0.01, mask="sync", alpha="count", fused=True)
+        return catalog.build("cautious_adamw", params, lr=lr, weight_decay=0.01, fused=True)
     if kind == "AdaPM":
-        return AdaPM(named, lr=lr, weight_decay=0.01, log_policy=False)
+        return catalog.build("adapm", named, lr=lr, weight_decay=0.01, log_policy=False)
     raise ValueError(f"unknown optimizer kind {kind!r}; known: {FUSED}, {FOREACH}, AlphaAdam, AlphaAdam foreach, "
                      "Cautious, AdaPM")
 

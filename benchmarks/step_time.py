@@ -54,6 +54,7 @@ if str(REPO_ROOT) not in sys.path:
 from benchmarks._common import (add_common_arguments, gpt2_small_named_shapes, machine_info,  # noqa: E402
                                 set_threads, write_result)
 from benchmarks._tensor_lists import TENSOR_LISTS, engine_module, time_step_rounds  # noqa: E402
+from hf_alphaadam.optim import catalog  # noqa: E402
 from hf_alphaadam.optim.alphaadam import AlphaAdam  # noqa: E402
 
 # the module itself (``hf_alphaadam.optim.alphaadam`` as an attribute is the function the package re-exports)
@@ -126,10 +127,10 @@ def _compiled_alphaadam_optimizer(params: list[torch.Tensor], **kwargs: Any) -> 
     for trees without the option)."""
     for option in ({"fused": True}, {"foreach": "compiled"}):
         try:
-            return AlphaAdam(params, **kwargs, **option), _without_native
+            return catalog.build("alphaadam", params, **kwargs, **option), _without_native
         except (TypeError, ValueError):
             continue
-    return AlphaAdam(params, **kwargs, foreach=True), _compiled_dispatch
+    return catalog.build("alphaadam", params, **kwargs, foreach=True), _compiled_dispatch
 
 
 def build_optimizers(params: list[torch.Tensor], names: list[str], lr: float
@@ -152,9 +153,10 @@ def build_optimizers(params: list[torch.Tensor], names: list[str], lr: float
         if path == "compiled":
             optimizers[name] = _compiled_alphaadam_optimizer(params, **kwargs)
         elif path == "native":  # fused=True takes the C kernel for fp32 CPU tensors
-            optimizers[name] = (AlphaAdam(params, fused=True, **kwargs), contextlib.nullcontext)
+            optimizers[name] = (catalog.build("alphaadam", params, fused=True, **kwargs), contextlib.nullcontext)
         else:
-            optimizers[name] = (AlphaAdam(params, foreach=path == "foreach", **kwargs), contextlib.nullcontext)
+            optimizers[name] = (catalog.build("alphaadam", params, foreach=path == "foreach", **kwargs),
+                                contextlib.nullcontext)
     return optimizers
 
 
