@@ -313,7 +313,7 @@ def summary(result: dict[str, Any]) -> list[dict[str, str]]:
                     f"{_kib(base['total_bytes'])}; qualified: {', '.join(pick['qualified'])}")
         separated = math.isfinite(vs_default["half_width_95"]) and abs(vs_default["mean"]) > vs_default[
             "half_width_95"]
-        verdict = (f"change the default to {pick['variant']} (less memory, within 1 % on the mean of "
+        verdict = (f"candidate default: {pick['variant']} (less memory, within 1 % on the mean of "
                    f"{len(row['seeds'])} seeds" + ("" if separated else "; its loss is not separated from the "
                                                    "default's by the 95 % interval") + ")")
     out.append({"claim": "a better default: within 1 % of tuned AdamW at no more memory than today's",

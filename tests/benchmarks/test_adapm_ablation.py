@@ -103,7 +103,7 @@ def test_variant_rows_pair_against_adamw_and_the_default():
     assert summary[-1]["verdict"] == "keep default" and "no variant" in summary[-1]["measured"]
     rows["rank4"]["gap_pct"] = 0.5  # now within 1 % of AdamW, with less momentum than the default
     last = adapm_ablation.summary(result)[-1]
-    assert last["verdict"] == "change the default to rank4 (less memory, within 1 % on the mean of 2 seeds)"
+    assert last["verdict"] == "candidate default: rank4 (less memory, within 1 % on the mean of 2 seeds)"
     assert '{"rank": 4}' in last["measured"] and "qualified: rank4" in last["measured"]
 
 
